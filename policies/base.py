@@ -129,3 +129,33 @@ def check_actions(actions: Any, obs: Observation, policy_name: str) -> np.ndarra
             f"got range [{a.min()}, {a.max()}]"
         )
     return a
+
+
+@dataclass
+class EvalContext:
+    """Ground truth handed to a policy's optional ``report(ctx)`` after an A/B run.
+
+    A policy may define ``report(self, ctx: EvalContext) -> dict`` returning
+    ``{"metrics": {name: float}, "markdown": str, "figures": [paths]}``; the
+    runner writes the metrics into ``quality.csv`` / ``report.md``.  Only
+    evaluation code reads the truth here; ``act`` never sees it.
+
+    ``arm_outcomes``: per-user realised outcomes of the arm's own users.
+    ``truth``: realised twins of the *whole evaluation cohort* under each
+    static day-1 action (``sim.twins.StaticEffects``; column 0 = none), or None.
+    ``policy_twin``: per-user outcomes of the whole cohort under this policy at
+    the arm's budget per user; ``control_twin`` the same under control.
+    """
+
+    scenario: Any
+    cohort: Any
+    seed: int
+    budget_per_user: float | None
+    arm_users: np.ndarray
+    arm_outcomes: pd.DataFrame
+    control_outcomes: pd.DataFrame
+    truth: Any
+    policy_twin: pd.DataFrame | None
+    control_twin: pd.DataFrame | None
+    oracle_twin: pd.DataFrame | None
+    out_dir: Any
