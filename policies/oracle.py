@@ -36,6 +36,9 @@ def oracle_allocation(
 ) -> np.ndarray:
     """Best day-1 action per user from known expected effects, within the budget."""
     preds = {m: effects.effects(m) for m in effects.outcomes}
+    if "p_retained_d7" in preds:
+        # Rao-Blackwellised D7 retention: same expectation, less replication noise
+        preds["retained_d7"] = preds["p_retained_d7"]
     values = objective_values(preds, objective, weights)
     return allocate(values, commit_costs, budget)
 

@@ -63,8 +63,13 @@ from sim.scenario import Scenario
     F_COST_TRIAL,
     F_COST_UNLOCK,
     F_MINUTES,
-) = range(13)
-N_F = 13
+    F_P_D1,  # P(open on day 1 | state that morning): Rao-Blackwellised retention, for truth only
+    F_P_D7,
+    F_P_D14,
+    F_P_D30,
+) = range(17)
+N_F = 17
+P_DAYS = (1, 7, 14, 30)
 
 # ---- int state rows -------------------------------------------------------
 (
@@ -125,6 +130,7 @@ PARAM_NAMES = (
     "trial_effect",
     "trial_conversion_logit_base",
     "trial_conversion_per_active_share",
+    "trial_conversion_per_pay_propensity",
     "trial_cannibalisation",
     "unlock_effect",
     "unlock_decay_days",
@@ -138,7 +144,7 @@ P = {n: i for i, n in enumerate(PARAM_NAMES)}
     K_MOMENTUM, K_LEARNING, K_LEARN_CAP, K_NOVELTY, K_CHURN_INACT, K_CHURN_ACT, K_AD_ANNOY, K_MIN_SD,
     K_MAX_MIN, K_MPC, K_PREMIUM, K_IPM, K_IMP_CAP, K_ECPM, K_PAY_BASE, K_PAY_ACT, K_MEMB_SHARE, K_MEMB_PRICE,
     K_MEMB_DAYS, K_CH_PRICE, K_ROYALTY, K_COIN_EFF, K_COIN_DECAY, K_COIN_EXP, K_REDEEM_MIN, K_COIN_CANN,
-    K_HUNTER_EFF, K_HUNTER_CHURN, K_TRIAL_EFF, K_CONV_BASE, K_CONV_SHARE, K_TRIAL_CANN, K_UNLOCK_EFF,
+    K_HUNTER_EFF, K_HUNTER_CHURN, K_TRIAL_EFF, K_CONV_BASE, K_CONV_SHARE, K_CONV_PAY, K_TRIAL_CANN, K_UNLOCK_EFF,
     K_UNLOCK_DECAY, K_UNLOCK_EXP, K_UNLOCK_CANN, K_SAT, K_DOG_BUMP,
 ) = range(len(PARAM_NAMES))
 
@@ -162,6 +168,7 @@ def params_from_scenario(sc: Scenario) -> np.ndarray:
         hunter_churn_after_cashout=c.hunter_churn_after_cashout, trial_effect=m.effect,
         trial_conversion_logit_base=m.conversion_logit_base,
         trial_conversion_per_active_share=m.conversion_per_active_share,
+        trial_conversion_per_pay_propensity=m.conversion_per_pay_propensity,
         trial_cannibalisation=m.payment_cannibalisation, unlock_effect=u.effect, unlock_decay_days=u.decay_days,
         unlock_expiry_days=u.expiry_days, unlock_cannibalisation=u.payment_cannibalisation,
         saturation=inc.saturation, sleeping_dog_churn_bump=inc.sleeping_dog_churn_bump,
@@ -269,7 +276,16 @@ def _user_day(j, uid, t, key, p, cat_type, cat_level, traits, seg, F, I, mask):
         logit += F[F_TRIAL_BOOST, j]
     if unlock_live:
         logit += F[F_UNLOCK_BOOST, j] * math.exp(-(t - I[I_UNLOCK_DAY, j]) / p[K_UNLOCK_DECAY])
-    opened = R.uniform(key, uid, t, R.P_OPEN) < _sig(logit)
+    p_open = _sig(logit)
+    if t == 1:
+        F[F_P_D1, j] = p_open
+    elif t == 7:
+        F[F_P_D7, j] = p_open
+    elif t == 14:
+        F[F_P_D14, j] = p_open
+    elif t == 30:
+        F[F_P_D30, j] = p_open
+    opened = R.uniform(key, uid, t, R.P_OPEN) < p_open
     # 4. activity
     if opened:
         I[I_DAYS_ACTIVE, j] = da + 1
@@ -332,7 +348,7 @@ def _user_day(j, uid, t, key, p, cat_type, cat_level, traits, seg, F, I, mask):
     if in_trial and I[I_TRIAL_END, j] == t + 1 and I[I_MEMBER_UNTIL, j] <= t:
         length = max(1, I[I_TRIAL_END, j] - I[I_TRIAL_START, j])
         share = I[I_TRIAL_ACTIVE, j] / length
-        cp = _sig(p[K_CONV_BASE] + traits[T_PAYPROP, j] + p[K_CONV_SHARE] * share)
+        cp = _sig(p[K_CONV_BASE] + p[K_CONV_PAY] * traits[T_PAYPROP, j] + p[K_CONV_SHARE] * share)
         if R.uniform(key, uid, t, R.P_CONVERT) < cp:
             amt = p[K_MEMB_PRICE]
             I[I_MEMBER_UNTIL, j] = t + 1 + int(p[K_MEMB_DAYS])

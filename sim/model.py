@@ -282,6 +282,11 @@ def outcomes_frame(user_ids, F, I, mask, days: int) -> pd.DataFrame:
     for d in RETENTION_DAYS:
         if d <= days:
             out[f"retained_d{d}"] = ((mask >> np.int64(d)) & 1).astype(np.int8)
+    for d, row in zip(K.P_DAYS, (K.F_P_D1, K.F_P_D7, K.F_P_D14, K.F_P_D30), strict=True):
+        if d <= days:
+            # probability of opening that day given the user's state that morning (0 once uninstalled):
+            # same mean as retained_dX, less noise; used for ground truth, never shown to policies
+            out[f"p_retained_d{d}"] = F[row].copy()
     fp = I[K.I_FIRST_PAY_DAY]
     out["paid_d7"] = ((fp >= 0) & (fp <= 7)).astype(np.int8)
     out["paid_d30"] = ((fp >= 0) & (fp <= 30)).astype(np.int8)

@@ -111,7 +111,7 @@ def _reference_scores(key, n, cum_channel, cum_device, cum_city, cum_age, female
 @njit(parallel=True, cache=True)
 def _generate(
     key, uids, cum_channel, cum_device, cum_city, cum_age, female, n_genres, night, tilt, intercepts,
-    habit_mu, habit_noise, resp_c, resp_m, resp_u, minutes_log_mean, max_minutes, minutes_per_chapter,
+    habit_mu, habit_noise, resp_c, resp_m, resp_u, pref_boost, minutes_log_mean, max_minutes, minutes_per_chapter,
     obs_i, obs_f, seg_out, traits,
 ):
     for j in prange(uids.shape[0]):
@@ -161,6 +161,12 @@ def _generate(
         rc = resp_c[seg] * price * (0.5 + R.uniform(key, uid, 0, R.P_RESP))
         rm = resp_m[seg] * (1.0 - adtol) * (0.5 + R.uniform(key, uid, 1, R.P_RESP))
         ru = resp_u[seg] * binge * (0.5 + R.uniform(key, uid, 2, R.P_RESP))
+        if seg == 0:
+            # persuadables are won over mainly by one incentive type: the one matching their strongest trait
+            top = max(rc, rm, ru)
+            rc = rc * (pref_boost if rc == top else 1.0 / pref_boost)
+            rm = rm * (pref_boost if rm == top else 1.0 / pref_boost)
+            ru = ru * (pref_boost if ru == top else 1.0 / pref_boost)
         # day-0 behaviour: observable, driven by hidden habit and binge
         d0m = math.exp(minmu - 0.6 + 0.35 * habit + 0.6 * R.normal(key, uid, 0, R.P_D0MIN))
         d0m = min(max_minutes, d0m)
@@ -311,7 +317,8 @@ def generate_cohort(scenario: Scenario, n_users: int | None = None, seed: int = 
     ]
     _generate(
         key, uids, *_pop_args(scenario), float(scenario.segments.observable_tilt), segment_intercepts(scenario),
-        habit_mu, float(b.habit_noise), resp[0], resp[1], resp[2], float(b.minutes_log_mean), float(b.max_minutes),
+        habit_mu, float(b.habit_noise), resp[0], resp[1], resp[2], float(scenario.segments.persuadable_focus),
+        float(b.minutes_log_mean), float(b.max_minutes),
         float(b.minutes_per_chapter), obs_i, obs_f, seg, traits,
     )
     return Cohort(seed=int(seed), user_ids=uids, obs_int=obs_i, d0_minutes=obs_f, segment=seg, traits=traits)

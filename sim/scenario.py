@@ -81,6 +81,10 @@ class Segments(_Strict):
     sleeping_dog: Prob = 0.08
     subsidy_hunter: Prob = 0.09
     observable_tilt: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0
+    persuadable_focus: Annotated[float, Field(ge=1.0, le=5.0)] = Field(
+        1.5, description="A persuadable's responsiveness to its best-matching incentive type is multiplied by this, "
+        "the other types' divided by it."
+    )
 
     @model_validator(mode="after")
     def _sum(self) -> Segments:
@@ -163,6 +167,7 @@ class MembershipTrial(_Strict):
     responsiveness: Responsiveness = Responsiveness()
     conversion_logit_base: float = -4.0
     conversion_per_active_share: float = 2.0
+    conversion_per_pay_propensity: float = Field(1.0, description="Weight of the hidden pay propensity in the conversion log-odds.")
     payment_cannibalisation: Prob = 1.0
 
     @field_validator("levels")

@@ -36,6 +36,7 @@ OUTCOME_COLUMNS = (
     "retained_d7",
     "retained_d14",
     "retained_d30",
+    "p_retained_d7",
     "paid_d7",
     "paid_d30",
     "revenue",
