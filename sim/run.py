@@ -27,6 +27,7 @@ from sim.model import simulate
 from sim.population import generate_cohort
 from sim.scenario import Scenario, ScenarioError, available_scenarios, load_scenario
 
+FIRST_COLUMNS = ["day", "active_users", "retention", "revenue", "cost", "grants"]
 POLICY_HELP = "none | random | blanket:ACTION (e.g. blanket:coins_1) | oracle (reads the hidden truth)"
 
 
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                      progress=not args.no_progress)
     wall = time.perf_counter() - t0
     daily = model.daily()
+    daily = daily[FIRST_COLUMNS + [c for c in daily.columns if c not in FIRST_COLUMNS]]
     write_atomic(daily, out)
 
     o = model.outcomes()
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ret = "  ".join(f"D{d} {o[f'retained_d{d}'].mean():.2%}" for d in (1, 7, 14, 30) if f"retained_d{d}" in o)
     lines.append(f"retention   {ret}")
-    lines.append(f"first pay   by D7 {o['paid_d7'].mean():.2%}  by D30 {o['paid_d30'].mean():.2%}")
+    pay = f"by D7 {o['paid_d7'].mean():.2%}" + (f"  by D30 {o['paid_d30'].mean():.2%}" if days >= 30 else "")
+    lines.append(f"first pay   {pay}")
     lines.append(
         f"per user    revenue {o['revenue'].mean():.4f}  cost {o['cost'].mean():.4f}  "
         f"net {o['net_value'].mean():.4f} yuan"
