@@ -122,9 +122,8 @@ def test_invalid_toml_syntax(tmp_path):
 
 def test_nan_in_toml_file_rejected(tmp_path):
     # TOML itself allows nan/inf literals: the schema must refuse them
-    text = (SCENARIO_DIR / "fanqie_newuser.toml").read_text(encoding="utf-8")
     p = tmp_path / "nan_world.toml"
-    p.write_text(text + "\n[behaviour]\nmomentum = nan\n", encoding="utf-8")
+    p.write_text("[meta]\nname = 'nan_world'\n\n[behaviour]\nmomentum = nan\n", encoding="utf-8")
     with pytest.raises(ScenarioError, match=r"nan_world\.toml: field 'behaviour\.momentum'.*finite"):
         load_scenario(p)
 
