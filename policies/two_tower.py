@@ -445,6 +445,12 @@ class TwoTowerModel:
             net = TwoTowerNet([self.encoder_.vocab[c] for c in CATEGORICAL], len(NUMERIC), items.shape[1], cfg)
             net = net.to_empty(device="cpu")
             net.init_weights(gen)
+            # start each head at the (weighted) base rate of the training rows: the bias slot of the item tower
+            with torch.no_grad():
+                for h in range(len(cfg.targets)):
+                    rate = float((y[tr, h] * wt[tr]).sum() / wt[tr].sum())
+                    rate = min(max(rate, 1e-4), 1 - 1e-4)
+                    net.item[-1].bias[h * (cfg.dim + 1) + cfg.dim] += math.log(rate / (1 - rate))
             opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             bce = nn.BCEWithLogitsLoss(reduction="none")
 
