@@ -6,8 +6,10 @@ import copy
 import math
 import re
 import tomllib
+from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from sim.catalogue import Catalogue
 from sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, available_scenarios, load_scenario, scenario_from_dict
@@ -149,3 +151,22 @@ def test_every_shipped_scenario_loads(name):
 def test_at_least_three_shipped_scenarios():
     names = available_scenarios()
     assert {"fanqie_newuser", "hunter_heavy", "mature_market"} <= set(names), names
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            paths += _field_paths(ann, f"{prefix}{name}.")
+        else:
+            paths.append(prefix + name)
+    return paths
+
+
+def test_every_field_documented_in_schema_doc():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scenario_schema.md").read_text(encoding="utf-8")
+    paths = _field_paths(Scenario)
+    assert len(paths) > 80
+    missing = [p for p in paths if f"`{p}`" not in doc]
+    assert not missing, f"docs/scenario_schema.md does not document: {missing}"
