@@ -29,6 +29,7 @@ import inspect
 import math
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,14 +50,14 @@ from experiments.config import (
 from experiments.stats import ArmMoments, compare_to_control, srm_test
 from policies.base import EvalContext
 from policies.baselines import ControlPolicy
+from policies.oracle import oracle_allocation
 from policies.registry import make_policy
-from policies.solver import allocate, objective_values
 from sim import rng as R
 from sim.catalogue import TYPE_NAMES, Catalogue
 from sim.model import IncentiveModel
 from sim.population import generate_cohort
 from sim.scenario import Scenario, load_scenario
-from sim.twins import StaticEffects, simulate_twin, static_action_outcomes
+from sim.twins import OUTCOME_COLUMNS, StaticEffects, simulate_twin, static_action_outcomes
 
 UPPER_BOUND_LABEL = "upper bound (reads hidden truth)"
 # metric key -> column prefix in summary.csv (d7_lift, d7_p_value, ...)
@@ -85,6 +86,8 @@ class ABResult:
     quality: pd.DataFrame
     srm: dict
     frontier: pd.DataFrame | None
+    outcomes: dict[str, pd.DataFrame] = field(default_factory=dict)  # per-user outcomes of each arm's users
+    assignment: np.ndarray | None = None  # arm index of each cohort user (position order)
     quality_markdown: dict[str, str] = field(default_factory=dict)
     quality_figures: dict[str, list[str]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -172,16 +175,15 @@ def _frontier(sc, cohort, seed, budgets, realised: StaticEffects, expected: Stat
     """Oracle frontier: allocations on expected effects at each budget, valued on the realised twins."""
     cat = Catalogue.from_scenario(sc)
     if expected is None:
-        expected = static_action_outcomes(sc, cohort, seed=seed, replications=4,
-                                          metrics=("retained_d7", "paid_d30", "net_value", "cost"))
-    values = objective_values({m: expected.effects(m) for m in expected.outcomes}, "d7_retention")
+        metrics = tuple(m for m in OUTCOME_COLUMNS if m in ("retained_d7", "p_retained_d7", "cost"))
+        expected = static_action_outcomes(sc, cohort, seed=seed, replications=4, metrics=metrics)
     y = realised.outcomes["retained_d7"]
     c = realised.outcomes["cost"]
     n = len(cohort)
     rows = []
     idx = np.arange(n)
     for b in sorted(set(budgets)) + [math.inf]:
-        choice = allocate(values, cat.commit_costs, None if math.isinf(b) else b * n)
+        choice = oracle_allocation(expected, cat.commit_costs, None if math.isinf(b) else b * n, "d7_retention")
         rows.append({
             "budget_per_user": b,
             "true_cost_per_user": float(c[idx, choice].mean()),
@@ -361,13 +363,15 @@ def run_experiment(
 
     result = ABResult(
         config=cfg, run_id=run_id, summary=summary, daily=pd.concat(dailies, ignore_index=True),
-        estimates=est, quality=pd.DataFrame(), srm=srm, frontier=frontier,
+        estimates=est, quality=pd.DataFrame(), srm=srm, frontier=frontier, outcomes=outcomes, assignment=arm_of,
     )
 
     # --- policy quality reports + outputs -----------------------------------
     from experiments import report as rep
 
-    tmp_dir = rep.make_temp_dir(Path(out_dir or cfg.out_dir), run_id) if write else None
+    # outputs (and policies' report figures) go to a temp folder renamed at the end; without write, a
+    # system temp folder that is removed
+    tmp_dir = rep.make_temp_dir(Path(out_dir or cfg.out_dir), run_id) if write else Path(tempfile.mkdtemp())
     try:
         qrows = []
         oracle_twin = next((twins[n] for n, p in zip(names, policies) if _reads_truth(p) and n in twins), None)
@@ -378,19 +382,17 @@ def run_experiment(
                 arm_users=cohort.user_ids[subsets[name]],
                 arm_outcomes=outcomes[name], control_outcomes=outcomes[cfg.control], truth=realised,
                 policy_twin=twins.get(name), control_twin=control_twin, oracle_twin=oracle_twin,
-                out_dir=(tmp_dir / f"quality_{name}") if tmp_dir is not None else None,
+                out_dir=tmp_dir / f"quality_{name}",
             )
-            if ctx.out_dir is not None:
-                Path(ctx.out_dir).mkdir(parents=True, exist_ok=True)
+            ctx.out_dir.mkdir(parents=True, exist_ok=True)
             r = policies[i].report(ctx) or {}
             for k, v in (r.get("metrics") or {}).items():
                 qrows.append({"arm": name, "policy": cfg.arms[i].policy, "metric": k, "value": v})
             if r.get("markdown"):
                 result.quality_markdown[name] = str(r["markdown"])
             figs = [str(Path(f)) for f in (r.get("figures") or [])]
-            if tmp_dir is not None:
-                figs = [str(Path(f).resolve().relative_to(tmp_dir.resolve())) if Path(f).resolve().is_relative_to(
-                    tmp_dir.resolve()) else f for f in figs]
+            figs = [str(Path(f).resolve().relative_to(tmp_dir.resolve())) if Path(f).resolve().is_relative_to(
+                tmp_dir.resolve()) else f for f in figs]
             result.quality_figures[name] = figs
         result.quality = pd.DataFrame(qrows, columns=["arm", "policy", "metric", "value"])
         timings["reports"] = 0.0
@@ -401,7 +403,7 @@ def run_experiment(
             result.run_dir = rep.write_outputs(result, tmp_dir, Path(out_dir or cfg.out_dir) / run_id)
             timings["write"] = time.perf_counter() - t0
     finally:
-        if tmp_dir is not None and tmp_dir.exists():
+        if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     bar.close()
     timings["total"] = time.perf_counter() - t_start
