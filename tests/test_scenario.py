@@ -97,8 +97,6 @@ SILENT_COERCIONS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG in sim/scenario.py (lead's file): lax mode coerces wrong scalar types; "
-                   "fix: ConfigDict(strict=True) in _Strict, then remove this marker")
 @pytest.mark.parametrize("data,pattern", [c[1:] for c in SILENT_COERCIONS], ids=[c[0] for c in SILENT_COERCIONS])
 def test_wrong_scalar_type_not_coerced(data, pattern):
     with pytest.raises(ScenarioError, match=pattern):
