@@ -76,18 +76,20 @@ def _big_run_with_memory(n: int, seed: int = 0) -> dict:
     m = IncentiveModel(sc, coh, RandomPolicy(), seed=seed, days=DAYS)
     t2 = time.perf_counter()
     mem["after_model_init"] = _rss_now_and_peak_mb()
+    c2 = time.process_time()
     m.step()  # day 1: the policy's observation and the grants
     mem["after_day1"] = _rss_now_and_peak_mb()
     m.run()
     t3 = time.perf_counter()
+    c3 = time.process_time()
     mem["after_30_days"] = _rss_now_and_peak_mb()
     d7 = float(((m.mask >> np.int64(7)) & 1).mean())
     t4 = time.perf_counter()
     m.outcomes()
     t5 = time.perf_counter()
     mem["after_outcomes_frame"] = _rss_now_and_peak_mb()
-    return {"users": n, "cohort_s": t1 - t0, "init_s": t2 - t1, "steps_s": t3 - t2, "total_s": t3 - t0,
-            "outcomes_frame_s": t5 - t4, "d7": d7, "grants": m.ledger.grants,
+    return {"users": n, "cohort_s": t1 - t0, "init_s": t2 - t1, "steps_s": t3 - t2, "steps_cpu_s": c3 - c2,
+            "total_s": t3 - t0, "outcomes_frame_s": t5 - t4, "d7": d7, "grants": m.ledger.grants,
             "peak_rss_mb": mem["after_30_days"][1], "peak_rss_with_outcomes_mb": mem["after_outcomes_frame"][1],
             "memory_mb": mem}
 
@@ -104,10 +106,12 @@ def _one_run(n: int, seed: int = 0, mode: str = "cohort") -> dict:
     t1 = time.perf_counter()
     m = IncentiveModel(sc, coh, RandomPolicy(), seed=seed, days=DAYS, mode=mode)
     t2 = time.perf_counter()
+    c2 = time.process_time()
     m.run()
     t3 = time.perf_counter()
-    return {"users": n, "cohort_s": t1 - t0, "init_s": t2 - t1, "steps_s": t3 - t2, "total_s": t3 - t0,
-            "d7": float(m.outcomes()["retained_d7"].mean()), "grants": m.ledger.grants}
+    c3 = time.process_time()
+    return {"users": n, "cohort_s": t1 - t0, "init_s": t2 - t1, "steps_s": t3 - t2, "steps_cpu_s": c3 - c2,
+            "total_s": t3 - t0, "d7": float(m.outcomes()["retained_d7"].mean()), "grants": m.ledger.grants}
 
 
 def _child(kind: str, n: int) -> None:
@@ -149,6 +153,41 @@ def bench_1m(n: int, repeats: int) -> dict:
     best["steps_s_all"] = [r["steps_s"] for r in runs]
     best["ns_per_user_day"] = best["steps_s"] / (n * DAYS) * 1e9
     return best
+
+
+def profile_run(n: int) -> dict:
+    """Where one run's time goes: per-phase wall time summed over the 30 days (the model's own methods, timed)."""
+    from policies.baselines import RandomPolicy
+    from sim.model import IncentiveModel
+    from sim.population import generate_cohort
+    from sim.scenario import load_scenario
+
+    _one_run(1_000)
+    sc = load_scenario(SCENARIO)
+    coh = generate_cohort(sc, n, seed=0)
+    m = IncentiveModel(sc, coh, RandomPolicy(), seed=0, days=DAYS)
+    acc = {"policy+ledger (_grant)": 0.0, "kernel (agents.do step)": 0.0, "settle (_settle)": 0.0,
+           "datacollector.collect": 0.0}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[key] += time.perf_counter() - t
+        return wrapper
+
+    m._grant = timed(m._grant, "policy+ledger (_grant)")
+    m._settle = timed(m._settle, "settle (_settle)")
+    m.datacollector.collect = timed(m.datacollector.collect, "datacollector.collect")
+    for agent in list(m.agents):
+        agent.step = timed(agent.step, "kernel (agents.do step)")
+    t0 = time.perf_counter()
+    m.run()
+    total = time.perf_counter() - t0
+    acc["other (mesa step loop)"] = total - sum(acc.values())
+    return {"users": n, "total_s": total, "phases_s": acc}
 
 
 def bench_agents(n: int) -> dict:
@@ -221,13 +260,18 @@ def main(argv: list[str] | None = None) -> int:
 
     r = out["run_1m"] = bench_1m(n1, args.repeats)
     print(f"[{n1:,} x {DAYS}] simulation (30 steps, compile excluded): {r['steps_s']:.2f} s best of "
-          f"{[round(x, 2) for x in r['steps_s_all']]} = {r['ns_per_user_day']:.0f} ns/user-day; "
-          f"cohort generation {r['cohort_s']:.2f} s, model init {r['init_s']:.2f} s (target: <= 3 s)")
+          f"{[round(x, 2) for x in r['steps_s_all']]} = {r['ns_per_user_day']:.0f} ns/user-day "
+          f"(process CPU time {r['steps_cpu_s']:.2f} s); cohort generation {r['cohort_s']:.2f} s, "
+          f"model init {r['init_s']:.2f} s (target: <= 3 s)")
+    pr = out["profile_1m"] = profile_run(n1)
+    print(f"[{n1:,} x {DAYS}] where the time goes ({pr['total_s']:.2f} s): " + ", ".join(
+        f"{k} {v:.2f} s ({100 * v / pr['total_s']:.0f}%)" for k, v in pr["phases_s"].items()))
 
     if not args.skip_10m:
         b = out["run_10m"] = _spawn("big", n10)
         print(f"[{n10:,} x {DAYS}] wall {b['total_s']:.1f} s (cohort {b['cohort_s']:.1f} s, init "
-              f"{b['init_s']:.1f} s, steps {b['steps_s']:.1f} s); peak RSS {b['peak_rss_mb'] / 1024:.2f} GB "
+              f"{b['init_s']:.1f} s, steps {b['steps_s']:.1f} s, CPU {b['steps_cpu_s']:.1f} s); "
+              f"peak RSS {b['peak_rss_mb'] / 1024:.2f} GB "
               f"(targets: <= 40 s, <= 4 GB); building the per-user outcomes frame afterwards: "
               f"{b['outcomes_frame_s']:.1f} s, peak RSS {b['peak_rss_with_outcomes_mb'] / 1024:.2f} GB")
         for phase, (now, peak) in b["memory_mb"].items():
