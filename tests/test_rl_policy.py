@@ -193,3 +193,13 @@ def test_trained_agent_beats_random_and_blankets_per_yuan():
     for pol in (RandomPolicy(), BlanketPolicy("coins_1"), BlanketPolicy("trial_7d"), BlanketPolicy("unlock_20")):
         r, se = per_yuan(simulate_twin(SC, coh, pol, seed=0))
         assert r_rl - r > 2 * np.hypot(se_rl, se), (pol, r_rl, r)
+
+
+def test_dqn_is_selectable_and_respects_the_budget():
+    p = RLPolicy(**{**TINY, "algo": "dqn", "batch_size": 64}).fit(scenario=SC, seed=1, budget_per_user=0.3)
+    m = IncentiveModel(SC, policy=p, n_users=1000, seed=4, budget=300.0).run()
+    assert m.ledger.refused == 0
+    assert m.ledger.spent + m.ledger.reserved <= 300.0 + 1e-9
+    again = RLPolicy(**{**TINY, "algo": "dqn", "batch_size": 64}).fit(scenario=SC, seed=1)
+    x = _probe_obs(p)
+    np.testing.assert_array_equal(p._scores(x), again._scores(x))
