@@ -101,15 +101,16 @@ def _arm(sc, coh, pol, bpu, seed, ctrl):
     commit = sum(cnt * cat[cat.index(name)].commit_cost for name, cnt in m.ledger.grants_by_action.items())
     r = d.sum() / c.sum() if c.sum() > 0 else 0.0
     se = np.sqrt(np.var(d - r * c, ddof=1) * len(d)) / c.sum() if c.sum() > 0 else float("nan")
-    return out, {"d7_lift_pp": 100 * d.mean(), "d14_lift_pp": 100 * (out["retained_d14"].mean() - ctrl["retained_d14"].mean())
-                 if ctrl is not None else 0.0,
+    d14 = 100 * (out["retained_d14"].mean() - ctrl["retained_d14"].mean()) if ctrl is not None else 0.0
+    return out, {"d7_lift_pp": 100 * d.mean(), "d14_lift_pp": d14,
                  "cost": c.mean(), "commit": commit / len(coh), "per_yuan": r, "se": se,
                  "refused": m.ledger.refused}
 
 
 def floors(sc, n_users: int, seed: int, variants: bool) -> None:
     bpu = float(sc.meta.default_budget_per_user)
-    print(f"== floors: scenario {sc.name}, evaluation cohort {n_users:,} users (seed {seed}), budget {bpu} yuan/user ==")
+    print(f"== floors: scenario {sc.name}, evaluation cohort {n_users:,} users (seed {seed}), "
+          f"budget {bpu} yuan/user ==")
     coh = generate_cohort(sc, n_users, seed=seed)
     ctrl_out, _ = _arm(sc, coh, ControlPolicy(), None, seed, None)
     rows = []
@@ -152,8 +153,8 @@ def floors(sc, n_users: int, seed: int, variants: bool) -> None:
           "incremental D7 users per yuan (+- se) | refused | sim s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, b, r, s in rows:
-        print(f"| {name} | {b} | {r['d7_lift_pp']:.2f} | {r['d14_lift_pp']:.2f} | {r['cost']:.4f} | {r['commit']:.3f} | "
-              f"{r['per_yuan']:.3f} +- {r['se']:.3f} | {r['refused']} | {s:.1f} |")
+        print(f"| {name} | {b} | {r['d7_lift_pp']:.2f} | {r['d14_lift_pp']:.2f} | {r['cost']:.4f} | "
+              f"{r['commit']:.3f} | {r['per_yuan']:.3f} +- {r['se']:.3f} | {r['refused']} | {s:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
