@@ -25,6 +25,7 @@ Steps (all determined by the config; same config => byte-identical summary.csv):
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import math
 import shutil
@@ -143,6 +144,17 @@ def _fit(policy: Any, logs, context: dict) -> Any:
         kw = {k: v for k, v in context.items() if k in sig.parameters}
     out = fit(logs, **kw)
     return policy if out is None else out
+
+
+def _twin_copy(policy: Any) -> Any:
+    """The policy instance used for its twin: a copy, so that any state a policy keeps while acting
+    cannot leak between the twin and the arm.  Truth readers are shared (their cache is the truth)."""
+    if _reads_truth(policy):
+        return policy
+    try:
+        return copy.deepcopy(policy)
+    except Exception:  # noqa: BLE001 - an uncopyable policy is used as is
+        return policy
 
 
 def _reads_truth(policy: Any) -> bool:
@@ -268,6 +280,45 @@ def run_experiment(
         bar.step(f"fit {names[i]}")
     timings["fit"] = time.perf_counter() - t0
 
+    # --- ground truth (twins of the whole cohort) ---------------------------
+    # Run before the arms: a truth-reading policy (the oracle) then reuses the whole cohort's
+    # expected effects for its arm's users instead of recomputing them.
+    t0 = time.perf_counter()
+    control_twin = truth = None
+    twins: dict[str, pd.DataFrame] = {}
+    expected_for_frontier = None
+    if cfg.ground_truth:
+        control_twin = simulate_twin(sc, cohort, ControlPolicy(), days=days, seed=seed)
+        c_d7, c_pay = control_twin["retained_d7"].mean(), control_twin["paid_d30"].mean()
+        c_nv = control_twin["net_value"].mean()
+        truth_rows = []
+        for i, (name, pol) in enumerate(zip(names, policies)):
+            if name == cfg.control and cfg.arms[i].policy == "control":
+                tw = control_twin
+            else:
+                tw = simulate_twin(sc, cohort, _twin_copy(pol), budget_per_user=budgets[i], days=days, seed=seed)
+            twins[name] = tw
+            eff = getattr(pol, "effects_", None)
+            if (_reads_truth(pol) and isinstance(eff, StaticEffects) and len(eff.user_ids) == n_users
+                    and getattr(pol, "objective", "") == "d7_retention"):
+                expected_for_frontier = eff
+            d7_lift = float(tw["retained_d7"].mean() - c_d7)
+            cost = float(tw["cost"].mean())
+            extra = cost - float(control_twin["cost"].mean())
+            truth_rows.append({
+                "true_d7_lift": d7_lift,
+                "true_pay_conv_d30_lift": float(tw["paid_d30"].mean() - c_pay),
+                "true_net_value_lift": float(tw["net_value"].mean() - c_nv),
+                "true_cost_per_user": cost,
+                "true_cost_per_incremental_d7_user": extra / d7_lift if d7_lift > 0 else math.inf,
+                "true_incremental_d7_per_yuan": d7_lift / extra if extra > 0 else math.nan,
+            })
+            bar.step(f"twin {name}")
+        truth = pd.DataFrame(truth_rows)
+        truth.loc[np.array(names) == cfg.control, ["true_d7_lift", "true_pay_conv_d30_lift", "true_net_value_lift",
+                                                  "true_cost_per_incremental_d7_user"]] = math.nan
+    timings["twins"] = time.perf_counter() - t0
+
     # --- arms -------------------------------------------------------------
     t0 = time.perf_counter()
     rows, dailies, outcomes, models, subsets = [], [], {}, {}, {}
@@ -304,45 +355,8 @@ def run_experiment(
         summary[pre] = summary["arm"].map(sub_e["point"]).astype(float)
         summary[f"{pre}_ci_low"] = summary["arm"].map(sub_e["ci_low"]).astype(float)
         summary[f"{pre}_ci_high"] = summary["arm"].map(sub_e["ci_high"]).astype(float)
-
-    # --- ground truth (twins of the whole cohort) ---------------------------
-    t0 = time.perf_counter()
-    control_twin = None
-    twins: dict[str, pd.DataFrame] = {}
-    expected_for_frontier = None
-    if cfg.ground_truth:
-        control_twin = simulate_twin(sc, cohort, ControlPolicy(), days=days, seed=seed)
-        c_d7, c_pay = control_twin["retained_d7"].mean(), control_twin["paid_d30"].mean()
-        c_nv = control_twin["net_value"].mean()
-        truth_rows = []
-        for i, (name, pol) in enumerate(zip(names, policies)):
-            if name == cfg.control and cfg.arms[i].policy == "control":
-                tw = control_twin
-            else:
-                tw = simulate_twin(sc, cohort, pol, budget_per_user=budgets[i], days=days, seed=seed)
-            twins[name] = tw
-            eff = getattr(pol, "effects_", None)
-            if (_reads_truth(pol) and isinstance(eff, StaticEffects) and len(eff.user_ids) == n_users
-                    and getattr(pol, "objective", "") == "d7_retention"):
-                expected_for_frontier = eff
-            d7_lift = float(tw["retained_d7"].mean() - c_d7)
-            cost = float(tw["cost"].mean())
-            extra = cost - float(control_twin["cost"].mean())
-            truth_rows.append({
-                "true_d7_lift": d7_lift,
-                "true_pay_conv_d30_lift": float(tw["paid_d30"].mean() - c_pay),
-                "true_net_value_lift": float(tw["net_value"].mean() - c_nv),
-                "true_cost_per_user": cost,
-                "true_cost_per_incremental_d7_user": extra / d7_lift if d7_lift > 0 else math.inf,
-                "true_incremental_d7_per_yuan": d7_lift / extra if extra > 0 else math.nan,
-            })
-            bar.step(f"twin {name}")
-        truth = pd.DataFrame(truth_rows)
-        ctrl_mask = summary["arm"] == cfg.control
-        truth.loc[ctrl_mask.to_numpy(), ["true_d7_lift", "true_pay_conv_d30_lift", "true_net_value_lift",
-                                         "true_cost_per_incremental_d7_user"]] = math.nan
+    if truth is not None:
         summary = pd.concat([summary, truth], axis=1)
-    timings["twins"] = time.perf_counter() - t0
 
     summary = _target_check(summary, cfg)
 

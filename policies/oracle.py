@@ -19,7 +19,7 @@ from policies.base import NotFittedError, Observation, Policy
 from policies.solver import allocate, objective_values
 from sim.population import generate_cohort
 from sim.scenario import load_scenario
-from sim.twins import static_action_outcomes
+from sim.twins import StaticEffects, static_action_outcomes
 
 
 def expected_static_effects(scenario, cohort, seed: int, replications: int = 4):
@@ -75,15 +75,30 @@ class OraclePolicy(Policy):
             raise ValueError(f"oracle.replications: expected an integer >= 1, got {self.replications!r}")
         self.scenario_ = load_scenario(scenario)
         self.seed_ = int(seed)
+        self._cache = None  # largest expected-effects table computed so far in this world
         return self
+
+    def _expected(self, user_ids: np.ndarray) -> StaticEffects:
+        """Expected effects of these users.  Each user's are a pure function of (world, seed, user),
+        so a table computed earlier for a superset of users (e.g. the whole cohort's twin) is reused."""
+        c = getattr(self, "_cache", None)
+        if c is not None and len(c.user_ids):
+            pos = np.minimum(np.searchsorted(c.user_ids, user_ids), len(c.user_ids) - 1)
+            if np.array_equal(c.user_ids[pos], user_ids):
+                return StaticEffects(c.user_ids[pos], c.catalogue, {k: v[pos] for k, v in c.outcomes.items()},
+                                     c.replications)
+        cohort = generate_cohort(self.scenario_, seed=self.seed_, user_ids=user_ids)
+        eff = expected_static_effects(self.scenario_, cohort, self.seed_, self.replications)
+        if c is None or len(eff.user_ids) > len(c.user_ids):
+            self._cache = eff
+        return eff
 
     def act(self, day: int, obs: Observation) -> np.ndarray:
         if not hasattr(self, "scenario_"):
             raise NotFittedError("oracle: call fit(scenario=..., seed=...) before act()")
         if len(obs) == 0:
             return np.zeros(0, dtype=np.int64)
-        cohort = generate_cohort(self.scenario_, seed=self.seed_, user_ids=obs.user_ids)
-        eff = expected_static_effects(self.scenario_, cohort, self.seed_, self.replications)
+        eff = self._expected(obs.user_ids)
         budget = None if not np.isfinite(obs.budget_remaining) else obs.budget_remaining
         self.effects_ = eff
         return oracle_allocation(eff, obs.catalogue.commit_costs, budget, self.objective, self.weights)
