@@ -64,7 +64,9 @@ Budget = float | Literal["unlimited", "default"]
 class ArmConfig(_Strict):
     """One arm: a policy (registry name or ``module.path:ClassName``) with its settings."""
 
-    name: str | None = Field(None, description="Arm label (default: policy name, blanket_<action> for blanket).")
+    name: str | None = Field(
+        None, description="Arm label (default: policy name, blanket_<action> for blanket, ClassName for module:Class)."
+    )
     policy: str = Field(min_length=1, description="Registry name or 'module.path:ClassName'.")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the policy class.")
     budget_per_user: Budget | None = Field(
@@ -84,7 +86,7 @@ class ArmConfig(_Strict):
             return self.name
         if self.policy == "blanket":
             return f"blanket_{self.params.get('action', 'coins_1')}"
-        return self.policy
+        return self.policy.rsplit(":", 1)[-1]  # module.path:ClassName -> ClassName
 
 
 class LogsConfig(_Strict):

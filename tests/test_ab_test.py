@@ -265,3 +265,19 @@ def test_cli_runs_and_rejects_bad_policy(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown policy 'nope'" in err and "oracle" in err
     assert not bad.exists()
+
+
+def test_oracle_reuses_the_whole_cohorts_effects_exactly():
+    """The runner simulates the oracle's twin first; its arm then reuses those expected effects."""
+    from policies.oracle import OraclePolicy
+    from sim.model import IncentiveModel
+
+    coh = generate_cohort(SC, 600, seed=2)
+    sub = coh.subset(np.arange(0, 600, 3))
+    warm = OraclePolicy(replications=1).fit(None, scenario=SC, seed=2)
+    simulate_twin(SC, coh, warm, budget_per_user=0.3, seed=2)
+    cold = OraclePolicy(replications=1).fit(None, scenario=SC, seed=2)
+    outs = [IncentiveModel(SC, sub, p, budget=0.3 * len(sub), seed=2).run().outcomes() for p in (warm, cold)]
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+    for k, v in cold.effects_.outcomes.items():
+        np.testing.assert_array_equal(warm.effects_.outcomes[k], v)
