@@ -198,6 +198,8 @@ def bench_agents(n: int) -> dict:
         raise RuntimeError("agents mode disagrees with the fast path")
     return {"users": n, "fast_steps_s": fast["steps_s"], "agents_steps_s": slow["steps_s"],
             "agents_init_s": slow["init_s"], "ratio_steps": slow["steps_s"] / fast["steps_s"],
+            "fast_steps_cpu_s": fast["steps_cpu_s"], "agents_steps_cpu_s": slow["steps_cpu_s"],
+            "ratio_steps_cpu": slow["steps_cpu_s"] / fast["steps_cpu_s"],
             "ratio_total": (slow["init_s"] + slow["steps_s"]) / (fast["init_s"] + fast["steps_s"])}
 
 
@@ -280,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     a = out["agents"] = bench_agents(na)
     print(f"[{na:,} x {DAYS}] fast path steps {a['fast_steps_s']:.2f} s vs one Mesa agent per user "
           f"{a['agents_steps_s']:.1f} s (+{a['agents_init_s']:.1f} s to create the agents): ratio "
-          f"{a['ratio_steps']:.0f}x on steps, {a['ratio_total']:.0f}x with construction (expect >= 30x)")
+          f"{a['ratio_steps']:.0f}x on steps, {a['ratio_total']:.0f}x with construction (expect >= 30x); "
+          f"process CPU time {a['fast_steps_cpu_s']:.2f} s vs {a['agents_steps_cpu_s']:.1f} s = "
+          f"{a['ratio_steps_cpu']:.0f}x")
 
     t = out["twins"] = bench_twins(nt)
     print(f"[{nt:,} x {DAYS}] twins for K={t['arms']} arms {t['twins_s']:.1f} s vs one simulation "
