@@ -81,7 +81,6 @@ def scenario_card(
     budget_pu = sc.meta.default_budget_per_user if budget_per_user is None else float(budget_per_user)
     if not math.isfinite(budget_pu) or budget_pu < 0:
         raise ValueError(f"budget_per_user: expected a finite number >= 0, got {budget_per_user!r}")
-    t0 = time.perf_counter()
     coh = generate_cohort(sc, int(n_users), seed=seed)
     n = len(coh)
     # Realised twins of every day-1 action (column 0 = "none" = the control simulation).
@@ -159,7 +158,6 @@ def scenario_card(
         "segments": segments,
         "actions": actions,
         "oracle": oracle_row,
-        "seconds": time.perf_counter() - t0,
     }
 
 
@@ -265,15 +263,16 @@ def write_card(card: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     return jp, mp
 
 
-def print_card(card: dict[str, Any]) -> None:
+def print_card(card: dict[str, Any], seconds: float | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
-    console.print(f"[bold]Scenario card: {card['scenario']}[/bold]  ({card['users']:,} users, seed {card['seed']}, "
-                  f"{card['seconds']:.1f} s)")
+    took = "" if seconds is None else f", {seconds:.1f} s"
+    console.print(f"[bold]Scenario card: {card['scenario']}[/bold]  "
+                  f"({card['users']:,} users, seed {card['seed']}{took})")
     for title, header, rows in card_tables(card):
         t = Table(title=title, title_justify="left")
         for h in header:
@@ -297,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--users: expected an integer >= 2, got {args.users}")
     if args.seed < 0:
         p.error(f"--seed: expected a non-negative integer, got {args.seed}")
+    t0 = time.perf_counter()
     try:
         card = scenario_card(args.scenario, args.users, args.seed, budget_per_user=args.budget_per_user)
     except (ScenarioError, ValueError) as err:
         p.error(str(err))
-    print_card(card)
+    print_card(card, time.perf_counter() - t0)
     jp, mp = write_card(card, args.out)
     print(f"wrote {jp} and {mp}")
     return 0
