@@ -112,11 +112,17 @@ class RecommenderPolicy(Policy):
         ``gain`` mode: increments worth less than this per committed yuan are not taken.
     threshold_rule : str
         How the operating threshold of the held-out metrics is chosen on the
-        validation split: ``"f1"`` (maximise F1) or ``"base_rate"``.
+        threshold split (logs never trained on): ``"f1"`` (maximise F1) or ``"base_rate"``.
     heldout_fraction : float
-        Share of the logs kept out of training and early stopping, for metrics.
+        Share of the logs kept out of training and early stopping, for the metrics.
+    threshold_fraction : float
+        Share of the remaining logs kept out of training, on which the operating threshold is chosen.
     epochs, patience, batch_size, lr, weight_decay, hidden, dim, cat_dim, val_fraction, n_threads :
         Two-tower hyper-parameters (:class:`policies.two_tower.TwoTowerConfig`).
+    n_models : int
+        Size of the seed ensemble: that many two-towers trained on the same rows, each with its own
+        early-stopping split, initial weights and batch order, whose predicted probabilities are
+        averaged.  Gains are small differences of noisy predictions; averaging cuts their variance.
     seed : int, optional
         Training seed; default: the ``seed`` passed to ``fit`` (the run seed), else 0.
     """
@@ -133,6 +139,7 @@ class RecommenderPolicy(Policy):
         min_gain_per_yuan: float = 0.0,
         threshold_rule: str = "f1",
         heldout_fraction: float = 0.15,
+        threshold_fraction: float = 0.1,
         epochs: int = 60,
         patience: int = 6,
         batch_size: int = 1024,
@@ -143,6 +150,7 @@ class RecommenderPolicy(Policy):
         cat_dim: int = 4,
         val_fraction: float = 0.2,
         n_threads: int = 1,
+        n_models: int = 3,
         seed: int | None = None,
     ) -> None:
         self.mode = mode
@@ -151,6 +159,7 @@ class RecommenderPolicy(Policy):
         self.min_gain_per_yuan = min_gain_per_yuan
         self.threshold_rule = threshold_rule
         self.heldout_fraction = heldout_fraction
+        self.threshold_fraction = threshold_fraction
         self.epochs = epochs
         self.patience = patience
         self.batch_size = batch_size
@@ -161,6 +170,7 @@ class RecommenderPolicy(Policy):
         self.cat_dim = cat_dim
         self.val_fraction = val_fraction
         self.n_threads = n_threads
+        self.n_models = n_models
         self.seed = seed
 
     # ------------------------------------------------------------------
@@ -198,11 +208,15 @@ class RecommenderPolicy(Policy):
                              f"got {self.threshold_rule!r}")
         if not _is_num(self.heldout_fraction) or not 0 <= self.heldout_fraction <= 0.5:
             raise ValueError(f"{p}.heldout_fraction: expected a number in [0, 0.5], got {self.heldout_fraction!r}")
+        if not _is_num(self.threshold_fraction) or not 0 < self.threshold_fraction <= 0.5:
+            raise ValueError(f"{p}.threshold_fraction: expected a number in (0, 0.5], got {self.threshold_fraction!r}")
+        if not _is_int(self.n_models) or not 1 <= self.n_models <= 32:
+            raise ValueError(f"{p}.n_models: expected an integer in [1, 32], got {self.n_models!r}")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ValueError(f"{p}.seed: expected a non-negative integer or None, got {self.seed!r}")
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
+        if not hasattr(self, "models_"):
             raise NotFittedError(
                 "recommender: not fitted; call fit(logs, scenario=..., seed=...) with logged exploration data "
                 "(experiments.collect.collect_logs) before act() or report()"
@@ -247,28 +261,39 @@ class RecommenderPolicy(Policy):
         hold = np.sort(perm[:n_hold])
         train = np.sort(perm[n_hold:])
         tr_logs = logs.iloc[train].reset_index(drop=True)
-        model = TwoTowerModel(**self._model_params(int(s)))
-        model.fit(tr_logs[list(FEATURES)], tr_logs["action"].to_numpy(np.int64), tr_logs,
-                  catalogue=catalogue, propensity=tr_logs["propensity"].to_numpy(np.float64))
-        self.model_ = model
+        # rows for the operating threshold: never trained on, never used for early stopping
+        tperm = np.random.default_rng(np.random.SeedSequence(int(s), spawn_key=(3,))).permutation(len(tr_logs))
+        n_thr = max(1, int(round(self.threshold_fraction * len(tr_logs))))
+        thr_logs = tr_logs.iloc[np.sort(tperm[:n_thr])].reset_index(drop=True)
+        fit_logs = tr_logs.iloc[np.sort(tperm[n_thr:])].reset_index(drop=True)
+        models = []
+        for k in range(self.n_models):
+            # each member: its own seed, hence its own early-stopping split, initial weights and batch order
+            member_seed = int(np.random.SeedSequence(int(s), spawn_key=(4, k)).generate_state(1)[0] % (2**31))
+            model = TwoTowerModel(**self._model_params(member_seed))
+            model.fit(fit_logs[list(FEATURES)], fit_logs["action"].to_numpy(np.int64), fit_logs,
+                      catalogue=catalogue, propensity=fit_logs["propensity"].to_numpy(np.float64))
+            models.append(model)
+        self.models_ = models
+        self.model_ = models[0]
+        self.fit_seconds_ = float(sum(m.fit_seconds_ for m in models))
         self.catalogue_ = catalogue
         self.action_names_ = list(catalogue.names)
         self.commit_costs_ = np.asarray(catalogue.commit_costs, dtype=np.float64)
         self.seed_ = int(s)
         self.budget_per_user_ = float(sc.meta.default_budget_per_user) if sc is not None else None
-        self.n_logs_ = {"train": int(len(model.train_index_)), "validation": int(len(model.val_index_)),
-                        "heldout": int(n_hold)}
-        # operating thresholds: chosen on the model's validation split
-        val_logs = tr_logs.iloc[model.val_index_]
-        pv = model.predict_logged(val_logs[list(FEATURES)], val_logs["action"].to_numpy(np.int64))
-        self.thresholds_ = {t: RM.choose_threshold(val_logs[t].to_numpy(), pv[t], self.threshold_rule)
+        self.n_logs_ = {"train": int(len(fit_logs)), "threshold": int(n_thr), "heldout": int(n_hold)}
+        # operating thresholds: chosen on the threshold split, applied to the held-out split
+        pv_all = self.predict(thr_logs[list(FEATURES)])
+        ta = thr_logs["action"].to_numpy(np.int64)
+        pv = {t: v[np.arange(len(ta)), ta] for t, v in pv_all.items()}
+        self.thresholds_ = {t: RM.choose_threshold(thr_logs[t].to_numpy(), pv[t], self.threshold_rule)
                             for t in TARGETS}
         self.log_metrics_ = self._heldout_metrics(logs.iloc[hold].reset_index(drop=True)) if n_hold >= 20 else None
         return self
 
     def _heldout_metrics(self, hold: pd.DataFrame) -> dict[str, Any]:
-        m = self.model_
-        p_all = m.predict_proba(hold[list(FEATURES)])
+        p_all = self.predict(hold[list(FEATURES)])
         a = hold["action"].to_numpy(np.int64)
         rows = np.arange(len(hold))
         out: dict[str, Any] = {"classification": {}, "calibration": {}, "curves": {}, "ips": {}}
@@ -294,7 +319,8 @@ class RecommenderPolicy(Policy):
     def predict(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
         """Predicted probability of each head under each action: ``{"retained_d7": (n, K), "paid_d30": (n, K)}``."""
         self._check_fitted()
-        return self.model_.predict_proba(features)
+        preds = [m.predict_proba(features) for m in self.models_]
+        return {t: np.mean([p[t] for p in preds], axis=0) for t in preds[0]}
 
     def _allocate(self, preds: dict[str, np.ndarray], budget: float | None, mode: str) -> np.ndarray:
         values = objective_values(preds, self.objective, self.weights)
@@ -323,10 +349,11 @@ class RecommenderPolicy(Policy):
 
     # ------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Save the model (``model/weights.pt`` + ``model/config.json``) and ``policy.json`` under ``path``."""
+        """Save each ensemble member (``model_k/weights.pt`` + ``config.json``) and ``policy.json`` under ``path``."""
         self._check_fitted()
         d = Path(path)
-        self.model_.save(d / "model")
+        for k, m in enumerate(self.models_):
+            m.save(d / f"model_{k}")
         meta = {
             "params": self.get_params(),
             "seed_": self.seed_,
@@ -349,7 +376,8 @@ class RecommenderPolicy(Policy):
         meta = json.loads((d / "policy.json").read_text())
         pol = cls(**meta["params"])
         pol._validate()
-        pol.model_ = TwoTowerModel.load(d / "model")
+        pol.models_ = [TwoTowerModel.load(d / f"model_{k}") for k in range(pol.n_models)]
+        pol.model_ = pol.models_[0]
         it = meta["catalogue"]
         pol.catalogue_ = Catalogue(tuple(
             Action(i, n, int(t), float(lv), float(c))
@@ -432,10 +460,11 @@ class RecommenderPolicy(Policy):
         ev = self.evaluate_modes(ctx)
         metrics: dict[str, float] = {}
         md = [f"### Two-tower recommender (mode `{self.mode}`, objective `{self.objective}`)", ""]
-        md.append(f"Trained on logged exploration data only: {self.n_logs_['train']:,} training rows, "
-                  f"{self.n_logs_['validation']:,} for early stopping (best epoch {self.model_.best_epoch_}), "
-                  f"{self.n_logs_['heldout']:,} held out for the metrics below; fit took "
-                  f"{getattr(self.model_, 'fit_seconds_', math.nan):.1f} s.")
+        md.append(f"Trained on logged exploration data only: an ensemble of {len(self.models_)} two-towers on "
+                  f"{self.n_logs_['train']:,} rows (each stops early on its own {self.val_fraction:.0%} of them; "
+                  f"best epochs {[m.best_epoch_ for m in self.models_]}; "
+                  f"{getattr(self, 'fit_seconds_', math.nan):.1f} s), {self.n_logs_['threshold']:,} rows to choose "
+                  f"the operating threshold, {self.n_logs_['heldout']:,} held out for the metrics below.")
         md.append("")
         figures = []
         lm = self.log_metrics_
@@ -449,8 +478,8 @@ class RecommenderPolicy(Policy):
                                         "precision", "recall", "f1", "accuracy", "accuracy_all_negative",
                                         "accuracy_at_0.5", "recall_at_0.5"]]
             tab.index.name = "head"
-            rule = ("maximises F1 on the validation split" if self.threshold_rule == "f1"
-                    else "flags as many validation users as there are positives (base-rate matching)")
+            rule = ("maximises F1 on the threshold split (logs never trained on)" if self.threshold_rule == "f1"
+                    else "flags as many threshold-split users as there are positives (base-rate matching)")
             md += ["**Prediction quality on held-out logs** (each user's response to the incentive they were "
                    f"logged with).  Operating threshold: the one that {rule}.  `accuracy_all_negative` is the "
                    "accuracy of saying 'no' to everyone: under this imbalance accuracy is not a measure of the "
@@ -487,6 +516,9 @@ class RecommenderPolicy(Policy):
             for c in [*cols, "regret_vs_oracle", "share_of_oracle", "incremental_payers"]:
                 if c in v:
                     metrics[f"{arm}_true_{c}"] = float(v[c])
+        for arm, row in ev["composition"].iterrows():
+            for seg_name, share in row.items():
+                metrics[f"{arm}_treated_segment_{seg_name}"] = float(share)
         best_blanket = max(ev["blanket_d7_per_yuan"].items(), key=lambda kv: kv[1])
         for k, v in ev["blanket_d7_per_yuan"].items():
             metrics[f"blanket_{k}_true_incremental_d7_per_yuan"] = float(v)

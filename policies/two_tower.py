@@ -188,9 +188,24 @@ def torch_determinism(n_threads: int) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------
 # feature encoding
 # ----------------------------------------------------------------------------------------------
+# numeric inputs of the user tower, all derived from observables: log minutes, log chapters and the
+# reading speed (chapters per minute on day 0, which says how fast, i.e. how bingey, a reader is)
+NUMERIC_INPUTS = ("log_d0_minutes", "log_d0_chapters", "log_chapters_per_minute")
+
+
+def _numeric(f: pd.DataFrame) -> dict[str, np.ndarray]:
+    m = np.maximum(f["d0_minutes"].to_numpy(dtype=np.float64), 0.0)
+    c = np.maximum(f["d0_chapters"].to_numpy(dtype=np.float64), 0.0)
+    return {
+        "log_d0_minutes": np.log1p(m),
+        "log_d0_chapters": np.log1p(c),
+        "log_chapters_per_minute": np.log((c + 0.5) / (m + 1.0)),
+    }
+
+
 @dataclass
 class FeatureEncoder:
-    """Categorical codes -> embedding indices (last index = unseen value); numerics -> z-scores of log1p."""
+    """Categorical codes -> embedding indices (last index = unseen value); numerics -> z-scores (NUMERIC_INPUTS)."""
 
     vocab: dict[str, int] = field(default_factory=dict)  # per categorical: number of indices incl. OOV
     mean: dict[str, float] = field(default_factory=dict)
@@ -218,8 +233,8 @@ class FeatureEncoder:
                 raise ValueError(f"features.{c}: expected non-negative integer codes, got dtype {v.dtype}, "
                                  f"min {v.min()!r}")
             self.vocab[c] = int(v.max()) + 2  # codes 0..max, plus one index for unseen codes
-        for c in NUMERIC:
-            x = np.log1p(np.maximum(f[c].to_numpy(dtype=np.float64), 0.0))
+        raw = _numeric(f)
+        for c, x in raw.items():
             self.mean[c] = float(x.mean())
             self.std[c] = float(x.std()) if x.std() > 0 else 1.0
         return self
@@ -231,10 +246,10 @@ class FeatureEncoder:
             v = f[c].to_numpy().astype(np.int64)
             oov = self.vocab[c] - 1
             cat[:, j] = np.where((v >= 0) & (v < oov), v, oov)
-        num = np.empty((len(f), len(NUMERIC)), dtype=np.float32)
-        for j, c in enumerate(NUMERIC):
-            x = np.log1p(np.maximum(f[c].to_numpy(dtype=np.float64), 0.0))
-            num[:, j] = (x - self.mean[c]) / self.std[c]
+        raw = _numeric(f)
+        num = np.empty((len(f), len(NUMERIC_INPUTS)), dtype=np.float32)
+        for j, c in enumerate(NUMERIC_INPUTS):
+            num[:, j] = (raw[c] - self.mean[c]) / self.std[c]
         return torch.from_numpy(cat), torch.from_numpy(num)
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,11 +395,14 @@ class TwoTowerModel:
         *,
         catalogue,
         propensity: np.ndarray | None = None,
+        val_index: np.ndarray | None = None,
     ) -> TwoTowerModel:
         """Train on logged (features, action, outcomes) rows.
 
         ``catalogue``: the :class:`sim.catalogue.Catalogue` the actions index.
         ``propensity``: logging probability of each row's action (for IPS weights).
+        ``val_index``: row positions used for early stopping (default: a random
+        ``val_fraction`` of the rows, drawn from ``seed``).
         """
         cfg = TwoTowerConfig(**self.params)
         t0 = time.perf_counter()
@@ -426,10 +444,15 @@ class TwoTowerModel:
         self.config_ = cfg
 
         # validation split from a numpy generator keyed by the seed (not global state)
-        perm = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1,))).permutation(n)
-        n_val = max(1, int(round(cfg.val_fraction * n)))
-        self.val_index_ = np.sort(perm[:n_val])
-        self.train_index_ = np.sort(perm[n_val:])
+        if val_index is None:
+            perm = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1,))).permutation(n)
+            n_val = max(1, int(round(cfg.val_fraction * n)))
+            val_index = perm[:n_val]
+        vi = np.unique(np.asarray(val_index))
+        if vi.size == 0 or vi.size >= n or not np.issubdtype(vi.dtype, np.integer) or vi[0] < 0 or vi[-1] >= n:
+            raise ValueError(f"val_index: expected distinct row positions in [0, {n - 1}] leaving rows to train on")
+        self.val_index_ = vi.astype(np.int64)
+        self.train_index_ = np.setdiff1d(np.arange(n), vi).astype(np.int64)
 
         cat, num = self.encoder_.transform(features)
         act = torch.from_numpy(a.astype(np.int64))
@@ -442,7 +465,7 @@ class TwoTowerModel:
 
         with torch_determinism(cfg.n_threads):
             gen = torch.Generator().manual_seed(int(cfg.seed))
-            net = TwoTowerNet([self.encoder_.vocab[c] for c in CATEGORICAL], len(NUMERIC), items.shape[1], cfg)
+            net = TwoTowerNet([self.encoder_.vocab[c] for c in CATEGORICAL], len(NUMERIC_INPUTS), items.shape[1], cfg)
             net = net.to_empty(device="cpu")
             net.init_weights(gen)
             # start each head at the (weighted) base rate of the training rows: the bias slot of the item tower
@@ -565,7 +588,7 @@ class TwoTowerModel:
         m.item_meta_ = it
         m.action_names_ = list(it["names"])
         m.items_ = item_features(it["types"], it["levels"], it["costs"])
-        net = TwoTowerNet([m.encoder_.vocab[c] for c in CATEGORICAL], len(NUMERIC), m.items_.shape[1], m.config_)
+        net = TwoTowerNet([m.encoder_.vocab[c] for c in CATEGORICAL], len(NUMERIC_INPUTS), m.items_.shape[1], m.config_)
         net = net.to_empty(device="cpu")
         state = torch.load(d / "weights.pt", weights_only=True, map_location="cpu")
         net.load_state_dict(state)

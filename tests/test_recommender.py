@@ -52,7 +52,7 @@ def model(logs, cat):
 
 @pytest.fixture(scope="module")
 def policy(logs, sc):
-    return RecommenderPolicy(**FAST).fit(logs, scenario=sc, seed=5)
+    return RecommenderPolicy(n_models=2, **FAST).fit(logs, scenario=sc, seed=5)
 
 
 def _obs(sc, cat, cohort, budget):
@@ -137,6 +137,17 @@ def test_save_load_round_trip(tmp_path, logs, model):
     assert back.config_ == model.config_
 
 
+def test_policy_fit_is_deterministic_and_averages_its_members(logs, sc, policy):
+    X = logs[list(FEATURES)].iloc[:300]
+    again = RecommenderPolicy(n_models=2, **FAST).fit(logs, scenario=sc, seed=5)
+    for t, v in policy.predict(X).items():
+        np.testing.assert_array_equal(again.predict(X)[t], v)
+        members = [m.predict_proba(X)[t] for m in policy.models_]
+        np.testing.assert_allclose(v, np.mean(members, axis=0))
+        assert not np.array_equal(members[0], members[1])
+    assert again.thresholds_ == policy.thresholds_
+
+
 def test_policy_save_load_round_trip(tmp_path, sc, cat, policy):
     coh = generate_cohort(sc, 2000, seed=77)
     obs = _obs(sc, cat, coh, 0.3 * len(coh))
@@ -205,6 +216,9 @@ def test_bad_model_settings_are_rejected(kwargs, match):
         (dict(heldout_fraction=0.9), "heldout_fraction"),
         (dict(heldout_fraction=-0.1), "heldout_fraction"),
         (dict(seed=-3), "seed"),
+        (dict(n_models=0), "n_models"),
+        (dict(n_models=2.0), "n_models"),
+        (dict(threshold_fraction=0.0), "threshold_fraction"),
         (dict(epochs=-1), "epochs"),
         (dict(lr=-1.0), "lr"),
         (dict(batch_size=0), "batch_size"),
@@ -341,7 +355,10 @@ def test_calibration_table_and_ips(logs):
 
 def test_heldout_metrics_are_computed_on_rows_never_trained_on(policy, logs):
     n = policy.n_logs_
-    assert n["train"] + n["validation"] + n["heldout"] == len(logs)
+    assert n["train"] + n["threshold"] + n["heldout"] == len(logs)
+    assert len(policy.models_) == 2
+    for m in policy.models_:
+        assert len(m.train_index_) + len(m.val_index_) == n["train"]
     lm = policy.log_metrics_
     for t in ("retained_d7", "paid_d30"):
         m = lm["classification"][t]
