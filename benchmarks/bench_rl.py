@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from policies.baselines import BlanketPolicy, ControlPolicy, RandomPolicy
-from policies.oracle import OraclePolicy
+from policies.oracle import OraclePolicy, oracle_allocation
 from policies.rl.env import IncentiveEnv
 from policies.rl.policy import RLPolicy, isolated_global_rng
 from policies.rl.vec_env import IncentiveVecEnv
@@ -91,6 +91,18 @@ def throughput(sc) -> None:
     print(f"ratio vec / python env in PPO rollouts:     {vec_ppo / single_ppo:10.1f} x")
 
 
+class _Fixed(ControlPolicy):
+    """Static: the given day-1 action per user id (an allocation computed elsewhere)."""
+
+    name = "fixed"
+
+    def __init__(self, user_ids, actions):
+        self.by_user = dict(zip(np.asarray(user_ids).tolist(), np.asarray(actions).tolist(), strict=True))
+
+    def act(self, day, obs):
+        return np.array([self.by_user.get(int(u), 0) for u in obs.user_ids], dtype=np.int64)
+
+
 def _arm(sc, coh, pol, bpu, seed, ctrl):
     m = IncentiveModel(sc, coh, pol, budget=None if bpu is None else bpu * len(coh), seed=seed).run()
     out = m.outcomes()
@@ -146,8 +158,23 @@ def floors(sc, n_users: int, seed: int, variants: bool) -> None:
             days[r["day"]] = days.get(r["day"], 0) + r["grants"]
         print(f"  grants by day: {days}; grants capped by the policy: {pol.n_capped_}")
     t = time.perf_counter()
-    add("oracle static (reads truth)", OraclePolicy().fit(scenario=sc, seed=seed), bpu)
+    oracle = OraclePolicy().fit(scenario=sc, seed=seed)
+    add("oracle static (reads truth)", oracle, bpu)
     print(f"oracle: {time.perf_counter() - t:.1f} s")
+    # the oracle's static allocation at the *realised* spend of the default agent: bisection on its budget
+    rl_cost = rows[[r[0] for r in rows].index(specs[0][0])][2]["cost"]
+    lo, hi = 0.0, bpu
+    best = None
+    for _ in range(10):
+        mid = 0.5 * (lo + hi)
+        acts = oracle_allocation(oracle.effects_, oracle.effects_.catalogue.commit_costs, mid * len(coh))
+        _, r = _arm(sc, coh, _Fixed(coh.user_ids, acts), None, seed, ctrl_out)
+        if r["cost"] > rl_cost:
+            hi = mid
+        else:
+            lo, best = mid, (mid, acts)
+    if best is not None:
+        add(f"oracle static at the agent's realised spend (budget {best[0]:.3f})", _Fixed(coh.user_ids, best[1]), None)
     print()
     print("| arm | budget/user | true D7 lift (pp) | true D14 lift (pp) | realised cost/user | commitment/user | "
           "incremental D7 users per yuan (+- se) | refused | sim s |")

@@ -17,7 +17,7 @@ from policies.rl.vec_env import IncentiveVecEnv, rollout_cohort
 from sim import kernel as K
 from sim.model import IncentiveModel, simulate
 from sim.population import generate_cohort
-from sim.scenario import load_scenario
+from sim.scenario import available_scenarios, load_scenario
 
 SC = load_scenario("fanqie_newuser")
 
@@ -34,6 +34,11 @@ def test_gymnasium_and_sb3_checkers_pass(env):
                            cost_basis="realised")
     gym_check_env(lam_env, skip_render_check=True)
     sb3_check_env(lam_env, warn=True)
+
+
+@pytest.mark.parametrize("name", available_scenarios())
+def test_every_shipped_scenario_passes_the_checker(name):
+    gym_check_env(IncentiveEnv(name, world_seed=1, n_pool=256), skip_render_check=True)
 
 
 def test_registered_id_makes_the_env():
