@@ -91,7 +91,7 @@ def _take(order, inc_user, inc_to, inc_dc, budget, start_action, n):
         i = inc_user[k]
         if blocked[i]:
             continue
-        if spent + inc_dc[k] <= budget + 1e-9:
+        if spent + inc_dc[k] <= budget * (1.0 + 1e-12):
             spent += inc_dc[k]
             choice[i] = inc_to[k]
         else:

@@ -14,6 +14,8 @@ import numpy as np
 
 from sim import kernel as K
 
+PARALLEL_MIN_ROWS = 20_000
+
 
 class CohortAgent(mesa.Agent):
     """A block of users ``rows lo..hi-1`` stepped together."""
@@ -28,7 +30,10 @@ class CohortAgent(mesa.Agent):
 
     def step(self) -> None:
         m = self.model
-        K.step_range(self.lo, self.hi, *m.kernel_args())
+        rows = m.alive_rows_in(self.lo, self.hi)
+        # numba's thread launch costs more than it saves on small blocks
+        step = K.step_rows if rows.shape[0] >= PARALLEL_MIN_ROWS else K.step_rows_serial
+        step(rows, *m.kernel_args())
 
 
 class UserAgent(mesa.Agent):

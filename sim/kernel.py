@@ -398,6 +398,48 @@ def step_range(lo, hi, uids, t, key, p, cat_type, cat_level, traits, seg, F, I, 
         _user_day(j, uids[j], t, key, p, cat_type, cat_level, traits, seg, F, I, mask)
 
 
+SETTLE_ROWS = (F_REVENUE, F_ADREV, F_PAYREV, F_COST, F_COST_COINS, F_COST_TRIAL, F_COST_UNLOCK)
+(S_ACTIVE, S_ALIVE, S_NEW_PAYERS, S_RESERVED) = range(len(SETTLE_ROWS), len(SETTLE_ROWS) + 4)
+N_SETTLE = len(SETTLE_ROWS) + 4
+
+
+@njit(cache=True)
+def settle_rows(rows, t, F, I, mask, daily_ad_cap, royalty, live, died):
+    """One serial pass over the rows stepped today (the users installed this morning).
+
+    ``live[k]`` gets the sum of ``F[SETTLE_ROWS[k]]`` over those rows, then the
+    day's active count, the users still installed, the new payers and the
+    outstanding commitments from ``t + 1``.  ``died[k]`` gets the same F sums
+    over the rows that uninstalled today: their values are final, so the
+    model moves them to its frozen totals.  Users uninstalled before today
+    cannot change, so the pass never needs to visit them.
+    """
+    nf = len(SETTLE_ROWS)
+    for k in range(live.shape[0]):
+        live[k] = 0.0
+    for k in range(died.shape[0]):
+        died[k] = 0.0
+    bit = np.int64(1) << np.int64(t)
+    for r in range(rows.shape[0]):
+        j = rows[r]
+        for k in range(nf):
+            live[k] += F[SETTLE_ROWS[k], j]
+        if mask[j] & bit:
+            live[nf] += 1.0
+        if I[I_FIRST_PAY_DAY, j] == t:
+            live[nf + 2] += 1.0
+        if I[I_ALIVE, j] == 1:
+            live[nf + 1] += 1.0
+            v = F[F_COINS, j] + I[I_UNLOCK_LEFT, j] * royalty
+            d = I[I_TRIAL_END, j] - (t + 1)
+            if d > 0:
+                v += d * daily_ad_cap
+            live[nf + 3] += v
+        else:
+            for k in range(nf):
+                died[k] += F[SETTLE_ROWS[k], j]
+
+
 @njit(cache=True)
 def liabilities(F, I, t_next, daily_ad_cap, royalty, out):
     """Outstanding commitment per user from day ``t_next`` on (what the ledger still reserves)."""
@@ -425,7 +467,8 @@ def authorise(proposed_rows, proposed_actions, commit, alive, available):
         if a <= 0 or alive[proposed_rows[k]] == 0:
             continue
         c = commit[a]
-        if c <= available - reserved + 1e-12:
+        # relative tolerance only: a zero budget admits no positive commitment, however small
+        if c <= (available - reserved) + 1e-12 * available:
             ok[k] = 1
             reserved += c
         else:

@@ -120,7 +120,12 @@ class IncentiveModel(mesa.Model):
         self._cat_type = self.catalogue.types.astype(np.int64)
         self._cat_level = self.catalogue.levels
         self._commit = self.catalogue.commit_costs
-        self._liab = np.zeros(n, dtype=np.float64)
+        # users still installed at the start of the day: the only rows the kernel and the settle visit
+        self._alive_rows = np.arange(n, dtype=np.int64)
+        self._frozen = np.zeros(len(K.SETTLE_ROWS))  # final totals of users already uninstalled
+        self._live = np.zeros(K.N_SETTLE)
+        self._died = np.zeros(len(K.SETTLE_ROWS))
+        self._totals_prev = np.zeros(len(K.SETTLE_ROWS))
         self.day = 0
         self.mode = mode
         if mode == "cohort":
@@ -130,6 +135,10 @@ class IncentiveModel(mesa.Model):
         else:
             for row in range(n):
                 UserAgent(self, row)
+        # Mesa's class-level id counter (mesa.Agent._ids) holds a strong reference to every model
+        # ever built, so finished models (and their state arrays) were never freed; agents are only
+        # created above, so the counter can be released now.
+        mesa.Agent._ids.pop(self, None)
         self._reset_daily()
         self.datacollector = mesa.DataCollector(model_reporters={c: c for c in DAILY_COLUMNS})
 
@@ -156,8 +165,13 @@ class IncentiveModel(mesa.Model):
         """What the platform sees today about the users still installed."""
         return self._observe()[0]
 
+    def alive_rows_in(self, lo: int, hi: int) -> np.ndarray:
+        """Rows in ``lo..hi-1`` of users still installed this morning (sorted)."""
+        a = self._alive_rows
+        return a[np.searchsorted(a, lo): np.searchsorted(a, hi)]
+
     def _observe(self) -> tuple[Observation, np.ndarray]:
-        rows = np.flatnonzero(self.I[K.I_ALIVE])
+        rows = self._alive_rows
         t = self.day
         I, F = self.I, self.F
         last = I[K.I_LAST_ACTIVE, rows]
@@ -212,38 +226,27 @@ class IncentiveModel(mesa.Model):
         self.grants_unlock = int((types == 3).sum())
 
     def _settle(self) -> None:
-        F, I = self.F, self.I
-        prev = {k: getattr(self, "_cum_" + k, 0.0) for k in ("rev", "ad", "pay", "cost", "cc", "ct", "cu")}
-        cum = {
-            "rev": float(F[K.F_REVENUE].sum()),
-            "ad": float(F[K.F_ADREV].sum()),
-            "pay": float(F[K.F_PAYREV].sum()),
-            "cost": float(F[K.F_COST].sum()),
-            "cc": float(F[K.F_COST_COINS].sum()),
-            "ct": float(F[K.F_COST_TRIAL].sum()),
-            "cu": float(F[K.F_COST_UNLOCK].sum()),
-        }
-        for k, v in cum.items():
-            setattr(self, "_cum_" + k, v)
-        self.revenue = cum["rev"] - prev["rev"]
-        self.ad_revenue = cum["ad"] - prev["ad"]
-        self.pay_revenue = cum["pay"] - prev["pay"]
-        self.cost = cum["cost"] - prev["cost"]
-        self.cost_coins = cum["cc"] - prev["cc"]
-        self.cost_trial = cum["ct"] - prev["ct"]
-        self.cost_unlock = cum["cu"] - prev["cu"]
         t = self.day
-        self.active_users = int(((self.mask >> np.int64(t)) & 1).sum())
+        rows = self._alive_rows
+        K.settle_rows(rows, t, self.F, self.I, self.mask, self.daily_ad_cap, self.royalty, self._live, self._died)
+        nf = len(K.SETTLE_ROWS)
+        totals = self._frozen + self._live[:nf]
+        delta = totals - self._totals_prev
+        self._totals_prev = totals
+        self._frozen = self._frozen + self._died
+        (self.revenue, self.ad_revenue, self.pay_revenue, self.cost, self.cost_coins, self.cost_trial,
+         self.cost_unlock) = (float(x) for x in delta)
+        self.active_users = int(self._live[K.S_ACTIVE])
         self.retention = self.active_users / len(self.cohort)
-        self.alive_users = int(I[K.I_ALIVE].sum())
-        self.new_payers = int((I[K.I_FIRST_PAY_DAY] == t).sum())
-        K.liabilities(F, I, t + 1, self.daily_ad_cap, self.royalty, self._liab)
-        self.reserved = float(self._liab.sum())
+        self.alive_users = int(self._live[K.S_ALIVE])
+        self.new_payers = int(self._live[K.S_NEW_PAYERS])
+        self.reserved = float(self._live[K.S_RESERVED])
         self.ledger.settle(
-            cum["cost"],
-            {"coins": cum["cc"], "membership_trial": cum["ct"], "chapter_unlock": cum["cu"]},
+            float(totals[3]),
+            {"coins": float(totals[4]), "membership_trial": float(totals[5]), "chapter_unlock": float(totals[6])},
             self.reserved,
         )
+        self._alive_rows = rows[self.I[K.I_ALIVE, rows] == 1]
 
     def step(self) -> None:
         if self.day >= self.days:
