@@ -81,6 +81,8 @@ def scenario_card(
     budget_pu = sc.meta.default_budget_per_user if budget_per_user is None else float(budget_per_user)
     if not math.isfinite(budget_pu) or budget_pu < 0:
         raise ValueError(f"budget_per_user: expected a finite number >= 0, got {budget_per_user!r}")
+    if not isinstance(oracle_replications, int) or oracle_replications < 1:
+        raise ValueError(f"oracle_replications: expected an integer >= 1, got {oracle_replications!r}")
     coh = generate_cohort(sc, int(n_users), seed=seed)
     n = len(coh)
     # Realised twins of every day-1 action (column 0 = "none" = the control simulation).
@@ -136,12 +138,14 @@ def scenario_card(
     mix = {name: cnt / n for name, cnt in sorted(m.ledger.grants_by_action.items(), key=lambda kv: -kv[1])}
     oracle_row = {
         "budget_per_user": budget_pu,
+        "replications": oracle_replications,
         "retained_d7": float(o["retained_d7"].mean()),
         "d7_lift": float(o["retained_d7"].mean() - d7[:, 0].mean()),
         "paid_d7": float(o["paid_d7"].mean()),
         "paid_d30": float(o["paid_d30"].mean()),
         "cost_per_user": float(o["cost"].mean()),
-        "committed_per_user": float(m.ledger.spent + m.ledger.reserved) / n,
+        "committed_per_user": sum(cnt * cat[cat.index(name)].commit_cost
+                                  for name, cnt in m.ledger.grants_by_action.items()) / n,
         "cost_per_incremental_d7": _finite_or_none(cost_per_incremental(float(o["cost"].sum()), inc)),
         "treated_share": float(sum(mix.values())),
         "refused": int(m.ledger.refused),
@@ -201,7 +205,7 @@ def card_tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         ["D7 retention", f"{_pct(o['retained_d7'])} ({_pp(o['d7_lift'])})"],
         ["first pay by D7 / D30", f"{_pct(o['paid_d7'])} / {_pct(o['paid_d30'])}"],
         ["realised cost per user (yuan)", f"{o['cost_per_user']:.4f}"],
-        ["committed per user (yuan)", f"{o['committed_per_user']:.4f}"],
+        ["commitments granted per user (yuan)", f"{o['committed_per_user']:.4f}"],
         ["cost per incremental D7 user (yuan)", _yuan(o["cost_per_incremental_d7"], 2)],
         ["users treated", _pct(o["treated_share"], 1)],
         ["actions mix (share of users)", mix],
@@ -290,15 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     p.add_argument("--budget-per-user", type=float, default=None,
                    help="oracle budget in yuan per user (default: the scenario's meta.default_budget_per_user)")
+    p.add_argument("--oracle-replications", type=int, default=4,
+                   help="fresh-luck replications behind the oracle's expected effects (default 4)")
     p.add_argument("--out", type=Path, default=Path("results/cards"), help="output folder (default results/cards)")
     args = p.parse_args(argv)
     if args.users < 2:
         p.error(f"--users: expected an integer >= 2, got {args.users}")
     if args.seed < 0:
         p.error(f"--seed: expected a non-negative integer, got {args.seed}")
+    if args.oracle_replications < 1:
+        p.error(f"--oracle-replications: expected an integer >= 1, got {args.oracle_replications}")
     t0 = time.perf_counter()
     try:
-        card = scenario_card(args.scenario, args.users, args.seed, budget_per_user=args.budget_per_user)
+        card = scenario_card(args.scenario, args.users, args.seed, budget_per_user=args.budget_per_user,
+                             oracle_replications=args.oracle_replications)
     except (ScenarioError, ValueError) as err:
         p.error(str(err))
     print_card(card, time.perf_counter() - t0)

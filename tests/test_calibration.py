@@ -92,7 +92,8 @@ def test_card_segments_and_outputs(default_card, tmp_path):
 
 
 def test_card_cli_writes_json_and_markdown(tmp_path, capsys):
-    assert card_main(["--scenario", "mature_market", "--users", "3000", "--seed", "1", "--out", str(tmp_path)]) == 0
+    args = ["--scenario", "mature_market", "--users", "3000", "--seed", "1", "--oracle-replications", "1"]
+    assert card_main([*args, "--out", str(tmp_path)]) == 0
     card = json.loads((tmp_path / "mature_market.json").read_text())
     assert card["users"] == 3000 and card["scenario"] == "mature_market"
     assert (tmp_path / "mature_market.md").exists()
@@ -104,6 +105,8 @@ def test_card_rejects_bad_input():
         scenario_card("fanqie_newuser", n_users=1)
     with pytest.raises(ValueError, match=r"budget_per_user: expected a finite number >= 0"):
         scenario_card("fanqie_newuser", n_users=10, budget_per_user=math.nan)
+    with pytest.raises(ValueError, match=r"oracle_replications: expected an integer >= 1"):
+        scenario_card("fanqie_newuser", n_users=10, oracle_replications=0)
 
 
 def test_coins_backfire_in_hunter_heavy():
