@@ -87,13 +87,14 @@ def test_error_is_a_value_error_and_names_the_source():
         scenario_from_dict(with_value("cohort.days", 0), source="my_file.toml")
 
 
-# Wrong scalar types that pydantic's lax mode coerces silently: a TOML `days = true` becomes 1 day and
-# `users = "100000"` becomes a number.  The fix is `strict=True` in sim/scenario.py's _Strict config
-# (strict mode still accepts ints for float fields and dicts for nested tables).
+# Wrong scalar types that pydantic's lax mode would coerce silently (a TOML `days = true` would become 1 day,
+# `users = "100000"` a number): rejected since sim/scenario.py's _Strict config is strict.  Strict mode still
+# accepts integers for float fields and tables for nested sections.
 SILENT_COERCIONS = [
-    ("bool for int", with_value("cohort.days", True), r"field 'cohort\.days'"),
-    ("numeric string for int", with_value("cohort.users", "100000"), r"field 'cohort\.users'"),
-    ("numeric string for float", with_value("behaviour.momentum", "1.5"), r"field 'behaviour\.momentum'"),
+    ("bool for int", with_value("cohort.days", True), r"field 'cohort\.days'.*valid integer"),
+    ("numeric string for int", with_value("cohort.users", "100000"), r"field 'cohort\.users'.*valid integer"),
+    ("numeric string for float", with_value("behaviour.momentum", "1.5"), r"field 'behaviour\.momentum'.*valid number"),
+    ("bool for float", with_value("economy.ecpm_yuan", True), r"field 'economy\.ecpm_yuan'"),
 ]
 
 
@@ -126,6 +127,10 @@ def test_nan_in_toml_file_rejected(tmp_path):
     p.write_text("[meta]\nname = 'nan_world'\n\n[behaviour]\nmomentum = nan\n", encoding="utf-8")
     with pytest.raises(ScenarioError, match=r"nan_world\.toml: field 'behaviour\.momentum'.*finite"):
         load_scenario(p)
+
+
+def test_int_accepted_for_float_field():
+    assert scenario_from_dict(with_value("economy.ecpm_yuan", 10)).economy.ecpm_yuan == 10.0
 
 
 def test_valid_minimal_dict_uses_documented_defaults():
