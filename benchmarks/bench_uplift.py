@@ -132,7 +132,8 @@ def main(argv=None) -> dict:
             tw = simulate_twin(sc, coh, pol, budget_per_user=bpu, seed=a.eval_seed)
             inc = float(tw["retained_d7"].sum() - control["retained_d7"].sum())
             entry[mode] = {"incremental_d7_users": inc, "share_of_oracle": inc / inc_o,
-                           "d7": float(tw["retained_d7"].mean()), "cost_per_user": float(tw["cost"].mean()), "paid_d30": float(tw["paid_d30"].mean()),
+                           "d7": float(tw["retained_d7"].mean()), "cost_per_user": float(tw["cost"].mean()),
+                           "paid_d30": float(tw["paid_d30"].mean()),
                            "net_value": float(tw["net_value"].mean())}
             print(f"uplift[{lrn}] {mode:10s} fit {fit_s:5.1f}s: +{inc:.0f} D7 users = {inc / inc_o:.1%} of oracle, "
                   f"D7 {tw['retained_d7'].mean():.4f}, cost {tw['cost'].mean():.4f}/user")

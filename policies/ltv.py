@@ -107,7 +107,10 @@ class LTVPolicy(Policy):
     def _check_params(self) -> list[str]:
         if self.objective not in OBJECTIVES:
             raise LTVConfigError(f"objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
-        metrics = objective_metrics(self.objective, self.weights)
+        try:
+            metrics = objective_metrics(self.objective, self.weights)
+        except ValueError as err:
+            raise LTVConfigError(str(err)) from None
         q = self.segment_quantiles
         if (not isinstance(q, (tuple, list)) or len(q) != 2
                 or not all(isinstance(x, (int, float)) for x in q) or not (0.0 < q[0] < q[1] < 1.0)):

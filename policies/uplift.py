@@ -332,16 +332,16 @@ class UpliftPolicy(Policy):
             warnings.simplefilter("ignore")
             if self.learner == "x":
                 lrn = BaseXRegressor(learner=base, control_name=0)
-                lrn.fit(X, action, y, p=p_arr)
+                lrn.fit(X, treatment=action, y=y, p=p_arr)
                 return {g: [_Term(pg[g], lrn.models_tau_c[g]), _Term(1.0 - pg[g], lrn.models_tau_t[g])]
                         for g in groups}
             if self.learner == "t":
                 lrn = BaseTRegressor(learner=base, control_name=0)
-                lrn.fit(X, action, y)
+                lrn.fit(X, treatment=action, y=y)
                 return {g: [_Term(1.0, lrn.models_t[g]), _Term(-1.0, lrn.model_c)] for g in groups}
             if self.learner == "dr":
                 lrn = BaseDRRegressor(learner=base, control_name=0)
-                lrn.fit(X, action, y, p=p_arr, seed=seed)
+                lrn.fit(X, treatment=action, y=y, p=p_arr, seed=seed)
                 return {g: [_Term(1.0 / len(lrn.models_tau[g]), mdl) for mdl in lrn.models_tau[g]] for g in groups}
             return self._fit_uplift_rf(X, action, y, groups, seed)
 
@@ -357,7 +357,7 @@ class UpliftPolicy(Policy):
             random_state=int(seed),
             n_jobs=int(self.n_jobs),
         )
-        rf.fit(X, names[action], y.astype(np.int64))
+        rf.fit(X, treatment=names[action], y=y.astype(np.int64))
         return {g: [_Term(1.0, _RFColumn(rf, f"a{g}"))] for g in groups}
 
     # ------------------------------------------------------------------ predicting
