@@ -21,6 +21,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from experiments.collect import DEFAULT_LOG_SEED, collect_logs
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-seed", type=int, default=2026, help="seed of the evaluation cohort (not the logs')")
     ap.add_argument("--budget", type=float, default=None,
                     help="budget per user in yuan (commitment basis); default: the scenario's")
-    ap.add_argument("--fit-seed", type=int, default=0, help="training seed of the recommender")
+    ap.add_argument("--fit-seed", type=int, default=0, help="training seed of the recommender (full report)")
+    ap.add_argument("--extra-fit-seeds", default="",
+                    help="comma-separated further training seeds: refit and re-check the floor for each "
+                         "(seed-to-seed spread of the gain mode), e.g. '1,2'")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads while training and predicting")
     ap.add_argument("--time-threads", default="",
                     help="comma-separated thread counts to time training with, e.g. '1,2' (extra fits)")
@@ -143,6 +147,29 @@ def main(argv: list[str] | None = None) -> int:
               f"(~{margin / se if se > 0 else math.inf:.1f} SE) {'PASS' if passed else 'FAIL'}")
     print(f"[5] floor (gain mode beats every blanket arm on incremental D7-retained users per yuan): "
           f"{'PASS' if ok else 'FAIL'}")
+    extra = [int(x) for x in args.extra_fit_seeds.split(",") if x.strip()]
+    spread = {args.fit_seed: (rows["gain"]["incremental_d7_per_yuan"], rows["gain"]["incremental_d7_users"],
+                              rows["response"]["incremental_d7_per_yuan"])}
+    best_blanket = max(blanket, key=lambda k: rows[f"blanket {k}"]["incremental_d7_per_yuan"])
+    for s in extra:
+        p = RecommenderPolicy(n_threads=args.threads).fit(logs, scenario=sc, seed=s)
+        vals = {}
+        for mode in ("gain", "response"):
+            tw = simulate_twin(sc, coh, p.with_mode(mode), budget_per_user=bpu, seed=args.eval_seed)
+            vals[mode] = RM.twin_value(tw, control)
+        spread[s] = (vals["gain"]["incremental_d7_per_yuan"], vals["gain"]["incremental_d7_users"],
+                     vals["response"]["incremental_d7_per_yuan"])
+        ok_s = all(vals["gain"]["incremental_d7_per_yuan"] > rows[f"blanket {k}"]["incremental_d7_per_yuan"]
+                   for k in blanket)
+        ok &= ok_s
+        print(f"[5] fit seed {s}: gain {vals['gain']['incremental_d7_per_yuan']:.4f} per yuan "
+              f"({vals['gain']['incremental_d7_users']:.0f} users), response "
+              f"{vals['response']['incremental_d7_per_yuan']:.4f}; best blanket {best_blanket} "
+              f"{rows[f'blanket {best_blanket}']['incremental_d7_per_yuan']:.4f}: {'PASS' if ok_s else 'FAIL'}")
+    if extra:
+        g_all = np.array([v[0] for v in spread.values()])
+        print(f"[5] gain per yuan over {len(spread)} fit seeds: mean {g_all.mean():.4f}, "
+              f"min {g_all.min():.4f}, max {g_all.max():.4f}; floor over all seeds: {'PASS' if ok else 'FAIL'}")
     md = "\n".join([f"# Recommender benchmark ({sc.name}, {bpu:g} yuan/user)", "",
                     f"Command: `python benchmarks/bench_recommender.py --log-users {args.log_users} "
                     f"--eval-users {args.eval_users} --eval-seed {args.eval_seed} --fit-seed {args.fit_seed}`", "",

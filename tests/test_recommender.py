@@ -217,6 +217,8 @@ def test_bad_model_settings_are_rejected(kwargs, match):
         (dict(heldout_fraction=-0.1), "heldout_fraction"),
         (dict(seed=-3), "seed"),
         (dict(n_models=0), "n_models"),
+        (dict(uncertainty_penalty=-1.0), "uncertainty_penalty"),
+        (dict(uncertainty_penalty=float("nan")), "uncertainty_penalty"),
         (dict(n_models=2.0), "n_models"),
         (dict(threshold_fraction=0.0), "threshold_fraction"),
         (dict(epochs=-1), "epochs"),
@@ -282,12 +284,26 @@ def test_allocations_fit_the_commitment_budget(sc, cat, policy, mode, bpu):
 def test_unlimited_budget_gain_gives_only_positive_predicted_gains(sc, cat, policy):
     coh = generate_cohort(sc, 1000, seed=12)
     a = policy.act(1, _obs(sc, cat, coh, None))
+    v = policy.gain_values(policy.predict_members(coh.features()))
+    chosen = v[np.arange(len(coh)), a]
+    assert np.all(chosen[a > 0] > 0)
+    assert np.all(v[a == 0].max(axis=1) <= 1e-12)
     p = policy.predict(coh.features())["retained_d7"]
-    gain = p[np.arange(len(coh)), a] - p[:, 0]
-    assert np.all(gain[a > 0] > 0)
-    assert np.all(p[a == 0][:, 1:].max(axis=1) <= p[a == 0][:, 0] + 1e-12)
     r = policy.with_mode("response").act(1, _obs(sc, cat, coh, None))
     np.testing.assert_array_equal(r, 1 + np.argmax(p[:, 1:], axis=1))
+
+
+def test_gain_values_are_a_lower_confidence_bound_on_the_mean_gain(sc, policy):
+    coh = generate_cohort(sc, 500, seed=14)
+    members = policy.predict_members(coh.features())
+    g = np.stack([m["retained_d7"] - m["retained_d7"][:, :1] for m in members])
+    plain = policy.with_mode("gain")
+    plain.uncertainty_penalty = 0.0
+    np.testing.assert_allclose(plain.gain_values(members), g.mean(0))
+    lcb = policy.gain_values(members)
+    se = g.std(0, ddof=1) / np.sqrt(len(members))
+    np.testing.assert_allclose(lcb, g.mean(0) - policy.uncertainty_penalty * se)
+    assert np.all(lcb[:, 0] == 0) and np.all(lcb <= g.mean(0) + 1e-15)
 
 
 def test_response_allocation_serves_highest_scores_first_and_skips_what_does_not_fit():
