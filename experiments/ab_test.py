@@ -286,6 +286,8 @@ def run_experiment(
     t0 = time.perf_counter()
     control_twin = truth = None
     twins: dict[str, pd.DataFrame] = {}
+    needs_report = [i for i, p in enumerate(policies) if callable(getattr(p, "report", None))]
+    keep_twins = bool(needs_report)
     expected_for_frontier = None
     if cfg.ground_truth:
         control_twin = simulate_twin(sc, cohort, ControlPolicy(), days=days, seed=seed)
@@ -297,7 +299,8 @@ def run_experiment(
                 tw = control_twin
             else:
                 tw = simulate_twin(sc, cohort, _twin_copy(pol), budget_per_user=budgets[i], days=days, seed=seed)
-            twins[name] = tw
+            if keep_twins:  # per-user twins are only kept for policies' report(ctx)
+                twins[name] = tw
             eff = getattr(pol, "effects_", None)
             if (_reads_truth(pol) and isinstance(eff, StaticEffects) and len(eff.user_ids) == n_users
                     and getattr(pol, "objective", "") == "d7_retention"):
@@ -362,7 +365,6 @@ def run_experiment(
 
     # --- realised static twins (for policy reports and the frontier) --------
     t0 = time.perf_counter()
-    needs_report = [i for i, p in enumerate(policies) if callable(getattr(p, "report", None))]
     realised = None
     frontier = None
     if needs_report or cfg.frontier:

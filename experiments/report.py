@@ -41,6 +41,9 @@ def make_temp_dir(parent: Path, run_id: str) -> Path:
 
 def _replace_dir(tmp: Path, dest: Path) -> Path:
     """Move ``tmp`` to ``dest`` atomically; an existing ``dest`` is swapped out first, then removed."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 folders; give the run folder the usual permissions
     old = None
     if dest.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
@@ -92,8 +95,8 @@ def comparison_table(res: ABResult) -> pd.DataFrame:
     out["cost/user"] = [_fmt(x, "y") for x in s["cost_per_user"]]
     out["net/user"] = [_fmt(x, "y") for x in s["net_value_per_user"]]
     if "d7_lift" in s:
-        out["D7 lift [95% CI]"] = [
-            "" if math.isnan(a) else f"{_fmt(a, 'pp')} [{_fmt(lo, 'pp')}, {_fmt(hi, 'pp')}]"
+        out["D7 lift pp [95% CI]"] = [
+            "" if math.isnan(a) else f"{100 * a:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
             for a, lo, hi in zip(s["d7_lift"], s["d7_lift_ci_low"], s["d7_lift_ci_high"])
         ]
         out["p (Holm)"] = [_fmt(x, "p") for x in s["d7_p_value_holm"]]
@@ -123,6 +126,7 @@ def target_table(res: ABResult) -> pd.DataFrame:
 # ----------------------------------------------------------------------
 def plot_all(res: ABResult, folder: Path) -> list[str]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -137,6 +141,8 @@ def plot_all(res: ABResult, folder: Path) -> list[str]:
     ax.set_xlabel("day since install")
     ax.set_ylabel("active users (% of arm)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_title("Retention curves by arm")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -285,9 +291,10 @@ def print_console(res: ABResult) -> None:
 
     con = Console()
     if not con.is_terminal or con.width < 200:
-        con = Console(width=max(con.width, 200))
+        con = Console(width=max(con.width, 240))
     tab = Table(title=f"A/B experiment {res.run_id}", show_lines=False)
     comp = comparison_table(res)
+    comp["note"] = comp["note"].str.replace(" (", "\n(", regex=False)
     for c in comp.columns:
         tab.add_column(c, justify="left" if c in ("arm", "note") else "right")
     for _, r in comp.iterrows():
