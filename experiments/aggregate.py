@@ -276,48 +276,68 @@ def to_markdown(table: pd.DataFrame, metrics=tuple(METRICS), alpha: float = 0.05
 
 # ----------------------------------------------------------------------
 def _plot_frontier(table: pd.DataFrame, path: Path) -> Path:
+    """Per scenario: (left) budget cap vs true D7 lift, capped arms; (right) true cost vs true D7 lift, all arms."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = table[table["arm"] != "control"]
+    arms = table[(table["arm"] != "control") & (table["runs"] > 0)]
     scenarios = sorted(arms["scenario"].unique())
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.5 * len(scenarios), 4.8), squeeze=False)
+    finite = arms[np.isfinite(arms["budget"])]
+    by_budget = bool(len(finite)) and finite.groupby("scenario")["budget"].nunique().max() >= 2
+    ncol = 2 if by_budget else 1  # one budget level per scenario: the cost panel says it all
+    fig, axes = plt.subplots(len(scenarios), ncol, figsize=(6.3 * ncol, 4.4 * len(scenarios)), squeeze=False)
     names = sorted(arms["arm"].unique())
     colours = {a: plt.cm.tab10(i % 10) for i, a in enumerate(n for n in names if not _is_oracle(arms, n))}
-    for ax, sc in zip(axes[0], scenarios):
+    dashes = {a: ("--", ":", "-.", (0, (5, 1, 1, 1)))[i % 4]
+              for i, a in enumerate(n for n in names if _is_oracle(arms, n))}
+    handles: dict[str, Any] = {}
+    for row, sc in zip(axes, scenarios):
         g = arms[arms["scenario"] == sc]
         for a in names:
             ga = g[g["arm"] == a]
             if ga.empty:
                 continue
             oracle = _is_oracle(arms, a)
-            style = {"color": "black", "lw": 2.2, "ls": "--"} if oracle else {"color": colours[a], "lw": 1.4}
-            label = f"{a} (oracle: reads truth)" if oracle else a
+            style = {"color": "black", "lw": 2.2, "ls": dashes[a]} if oracle else {"color": colours[a], "lw": 1.4}
+            label = f"{a} (oracle: reads the truth)" if oracle else a
             capped = ga[np.isfinite(ga["budget"])].sort_values("budget")
-            if len(capped):
-                y = 100 * capped["true_d7_lift_mean"]
-                ax.plot(capped["budget"], y, marker="o", ms=3.5, label=label, **style)
-                lo, hi = 100 * capped["true_d7_lift_ci_low"], 100 * capped["true_d7_lift_ci_high"]
-                ax.fill_between(capped["budget"], lo, hi, color=style["color"], alpha=0.12, lw=0)
-                label = None
             free = ga[~np.isfinite(ga["budget"])]
+            y, lo, hi = (100 * capped[f"true_d7_lift_{k}"] for k in ("mean", "ci_low", "ci_high"))
+            panels = ((row[0], capped["budget"]),) if by_budget else ()
+            for ax, x in (*panels, (row[-1], capped["true_cost_per_user_mean"])):
+                if len(capped) >= 2:
+                    (h,) = ax.plot(x, y, marker="o", ms=3.5, **style)
+                    ax.fill_between(x, lo, hi, color=style["color"], alpha=0.12, lw=0)
+                    handles.setdefault(label, h)
+                elif len(capped) == 1:
+                    err = np.abs(np.array([[y.iloc[0] - lo.iloc[0]], [hi.iloc[0] - y.iloc[0]]]))
+                    h = ax.errorbar(x, y, yerr=err if np.isfinite(err).all() else None, marker="o", ms=5,
+                                    ls="none", color=style["color"], capsize=3)
+                    handles.setdefault(label, h)
             for _, r in free.iterrows():
-                ax.errorbar([r["true_cost_per_user_mean"]], [100 * r["true_d7_lift_mean"]],
-                            yerr=[[100 * max(0.0, r["true_d7_lift_mean"] - r["true_d7_lift_ci_low"])],
-                                  [100 * max(0.0, r["true_d7_lift_ci_high"] - r["true_d7_lift_mean"])]]
-                            if math.isfinite(r["true_d7_lift_ci_low"]) else None,
-                            marker="*", ms=10, color=style["color"], ls="none",
-                            label=(label or a) + " (uncapped, at its true cost)")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_title(sc)
-        ax.set_xlabel("budget per user, ¥ (commitment basis)")
-        ax.set_ylabel("true incremental D7 retention, pp")
-        ax.grid(alpha=0.3)
-    h, lab = axes[0][-1].get_legend_handles_labels()
-    fig.legend(h, lab, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.suptitle("Budget vs true incremental D7 retention (mean and 95% CI across seeds)", fontsize=11)
+                err = None
+                if math.isfinite(r["true_d7_lift_ci_low"]):
+                    err = [[100 * max(0.0, r["true_d7_lift_mean"] - r["true_d7_lift_ci_low"])],
+                           [100 * max(0.0, r["true_d7_lift_ci_high"] - r["true_d7_lift_mean"])]]
+                h = row[-1].errorbar([r["true_cost_per_user_mean"]], [100 * r["true_d7_lift_mean"]], yerr=err,
+                                    marker="*", ms=11, color=style["color"], ls="none")
+                handles.setdefault(f"{a}, uncapped", h)
+        for ax in row:
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.grid(alpha=0.3)
+            ax.set_ylabel("true incremental D7 retention, pp")
+        if by_budget:
+            row[0].set_title(f"{sc}: budget cap")
+            row[0].set_xlabel("budget per user, ¥ (commitment basis: the cap on reserved grants)")
+        b = sorted(g.loc[np.isfinite(g["budget"]), "budget"].unique())
+        capped_at = "" if by_budget or not b else f" (dots: capped at ¥{b[0]:g}/user)"
+        row[-1].set_title(f"{sc}: what it really cost{capped_at}")
+        row[-1].set_xlabel("true cost per user, ¥ (realised; stars: uncapped arms)")
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)
+    fig.suptitle("True incremental D7 retention vs budget and vs cost (mean and 95% CI across seeds)", fontsize=11)
     fig.tight_layout()
     return _save_fig(fig, path)
 
@@ -339,18 +359,20 @@ def _plot_ranks(table: pd.DataFrame, path: Path) -> Path:
     one_budget_each = all(sum(1 for d in conds if d[0] == c[0]) == 1 for c in conds)
     labels = []
     for sc, b in conds:
-        lvl = arms[(arms["scenario"] == sc) & (arms["budget"] == b)]["budget_level"].iloc[0]
         bl = "uncapped" if math.isinf(b) else f"¥{b:g}"
         labels.append(bl if one_scenario else sc if one_budget_each else f"{sc}\n{bl}")
-        del lvl
     x = {c: i for i, c in enumerate(conds)}
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(conds) + 3), 4.8))
-    for i, a in enumerate(sorted(arms["arm"].unique())):
+    names = sorted(arms["arm"].unique())
+    n_oracle = 0
+    for i, a in enumerate(names):
         g = arms[arms["arm"] == a]
         pts = sorted((x[(r.scenario, r.budget)], r.rank_true_d7) for r in g.itertuples())
         oracle = _is_oracle(arms, a)
+        ls = ("--", ":", "-.")[n_oracle % 3] if oracle else "-"
+        n_oracle += oracle
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2.2 if oracle else 1.3,
-                ls="--" if oracle else "-", color="black" if oracle else plt.cm.tab10(i % 10),
+                ls=ls, color="black" if oracle else plt.cm.tab10(i % 10),
                 label=f"{a} (oracle)" if oracle else a)
     ax.set_xticks(range(len(conds)), labels, fontsize=8)
     n = int(arms["rank_true_d7"].max()) if len(arms) else 1
