@@ -256,7 +256,7 @@ def run_experiment(
     budgets = [cfg.arm_budget(i, default_b) for i in range(len(cfg.arms))]
     policies: list[Any] = [make_policy(a.policy, f"arms[{i}].policy", **a.params) for i, a in enumerate(cfg.arms)]
 
-    bar = _Progress(progress, total=3 + 3 * len(names))
+    bar = _Progress(progress, total=2 + (3 if cfg.ground_truth else 2) * len(names))
     # --- cohort and assignment -------------------------------------------
     t0 = time.perf_counter()
     cohort = generate_cohort(sc, n_users, seed=seed)
@@ -389,6 +389,7 @@ def run_experiment(
     # system temp folder that is removed
     tmp_dir = rep.make_temp_dir(Path(out_dir or cfg.out_dir), run_id) if write else Path(tempfile.mkdtemp())
     try:
+        t0 = time.perf_counter()
         qrows = []
         oracle_twin = next((twins[n] for n, p in zip(names, policies) if _reads_truth(p) and n in twins), None)
         for i in needs_report:
@@ -411,7 +412,7 @@ def run_experiment(
                 tmp_dir.resolve()) else f for f in figs]
             result.quality_figures[name] = figs
         result.quality = pd.DataFrame(qrows, columns=["arm", "policy", "metric", "value"])
-        timings["reports"] = 0.0
+        timings["reports"] = time.perf_counter() - t0
         timings["total_before_write"] = time.perf_counter() - t_start
         result.timings = timings
         if write:

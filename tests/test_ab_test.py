@@ -281,3 +281,16 @@ def test_oracle_reuses_the_whole_cohorts_effects_exactly():
     pd.testing.assert_frame_equal(outs[0], outs[1])
     for k, v in cold.effects_.outcomes.items():
         np.testing.assert_array_equal(warm.effects_.outcomes[k], v)
+
+
+def test_report_warns_on_sample_ratio_mismatch(run):
+    from experiments.report import report_markdown
+    from experiments.stats import srm_test
+
+    _, res = run
+    assert not res.srm["mismatch"]
+    assert "no mismatch" in report_markdown(res, [])
+    bad = srm_test(np.array([1400, 1600]), [0.5, 0.5])
+    assert bad["mismatch"]
+    res_bad = type(res)(**{**res.__dict__, "srm": bad})
+    assert "WARNING: sample-ratio mismatch" in report_markdown(res_bad, [])
