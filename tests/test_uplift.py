@@ -186,7 +186,7 @@ def test_save_load_roundtrip_without_pickle(world, fitted, tmp_path):
 
 def test_sklearn_base_fits_but_refuses_unsafe_save(world, tmp_path):
     sc, cat, logs, cohort = world
-    p = UpliftPolicy(learner="t", base_learner="sklearn", n_estimators=20, min_child_samples=200)
+    p = UpliftPolicy(learner="t", base_learner="sklearn", n_estimators=8, min_child_samples=200)
     p.fit(logs, scenario=sc, seed=0)
     assert p.act(1, obs_for(cohort, cat, 100.0)).shape == (len(cohort),)
     with pytest.raises(ValueError, match="save: only LightGBM base learners"):
