@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
               f"epochs {[len(x.history_) for x in p.models_]} (best {[x.best_epoch_ for x in p.models_]})")
     pol = RecommenderPolicy(n_threads=args.threads).fit(logs, scenario=sc, seed=args.fit_seed)
     print(f"[2] fit ({args.threads} thread(s)) on {pol.n_logs_['train']:,} rows "
-          f"(+{pol.n_logs_['validation']:,} validation, {pol.n_logs_['heldout']:,} held out): "
+          f"(+{pol.n_logs_['threshold']:,} threshold split, {pol.n_logs_['heldout']:,} held out): "
           f"{pol.fit_seconds_:.1f} s for an ensemble of {len(pol.models_)}, "
           f"epochs {[len(x.history_) for x in pol.models_]}, best {[x.best_epoch_ for x in pol.models_]}, "
           f"best validation loss {[round(x.best_val_loss_, 5) for x in pol.models_]}")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["base_rate", "mean_predicted", "roc_auc", "pr_auc", "ece", "threshold", "flagged_share", "precision",
             "recall", "f1", "accuracy", "accuracy_all_negative", "accuracy_at_0.5", "recall_at_0.5"]
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(f"[3] held-out metrics (threshold rule: {pol.threshold_rule}, chosen on the validation split)")
+        print(f"[3] held-out metrics (threshold rule: {pol.threshold_rule}, chosen on the threshold split, never trained on)")
         print(cls[cols].round(4).to_string())
         for tname, tab in lm["calibration"].items():
             print(f"    calibration {tname}:")
