@@ -13,7 +13,9 @@ of the action the model rates best for them):
   evaluation cohort: each evaluation user is assigned one catalogue action
   uniformly at random (seeded) and we observe that action's realised outcome
   (its twin); users assigned their recommended action are "treated", users
-  assigned none are "control" (causalml ``auuc_score`` / ``qini_score``).
+  assigned none are "control".  Curves follow causalml's ``get_cumgain`` /
+  ``get_qini`` definitions exactly (vectorised for the bootstrap; a test
+  checks them point for point against causalml).
 * ``true_*``: the same curves with each user's true effect of the recommended
   action (expected effect over fresh luck, and the realised twin effect).
   The true Qini is the area between the model's curve and a random ranking's
@@ -73,37 +75,73 @@ def expected_truth(scenario, cohort, seed: int, replications: int):
 
 
 # ---------------------------------------------------------------------------- uplift curves
-def _curve_areas(df: pd.DataFrame, **cols: str) -> tuple[float, float]:
-    """(AUUC, Qini) per cohort user of one ranking, from causalml's gain and Qini curves (not normalised).
+def _fill_like_causalml(curve: np.ndarray) -> np.ndarray:
+    """causalml sets the curve at depth 0 to 0 and linearly interpolates undefined (0/0) points."""
+    c = np.concatenate([[0.0], curve])
+    ok = np.isfinite(c)
+    if not ok.all():
+        x = np.arange(c.shape[0])
+        c = np.interp(x, x[ok], c[ok])
+    return c
 
-    AUUC = mean over targeting depths of the cumulative gain divided by the
-    number of users; Qini = the same for the Qini curve minus the straight
-    line of a random ranking to the same end point.
+
+def _curves(score: np.ndarray, y: np.ndarray, w: np.ndarray | None, tau: np.ndarray | None):
+    """Gain and Qini curves (depth 0..n) with causalml's definitions (``get_cumgain`` / ``get_qini``).
+
+    With ``tau`` (known effects) both curves are the cumulative sum of ``tau``
+    down the ranking; otherwise they come from outcomes ``y`` and treatment
+    flags ``w``.  Vectorised so that the bootstrap stays fast; tests check
+    equality with causalml's own functions.
     """
-    from causalml.metrics import get_cumgain, get_qini
+    order = np.argsort(-score, kind="stable")
+    if tau is not None:
+        g = np.concatenate([[0.0], np.cumsum(tau[order])])
+        return g, g
+    yy, ww = y[order], w[order].astype(np.float64)
+    k = np.arange(1, yy.shape[0] + 1, dtype=np.float64)
+    n_t = np.cumsum(ww)
+    n_c = k - n_t
+    y_t = np.cumsum(yy * ww)
+    y_c = np.cumsum(yy * (1.0 - ww))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = y_t / n_t - y_c / n_c
+        qini = y_t - y_c * n_t / n_c
+    lift = _fill_like_causalml(np.where(np.isfinite(lift), lift, np.nan))
+    qini = _fill_like_causalml(np.where(np.isfinite(qini), qini, np.nan))
+    return lift * np.arange(lift.shape[0]), qini
 
-    n = len(df)
-    gain = get_cumgain(df, normalize=False, **cols)["model"].to_numpy()
-    qini = get_qini(df, normalize=False, **cols)["model"].to_numpy()
-    qini = np.nan_to_num(qini, nan=0.0)
-    gain = np.nan_to_num(gain, nan=0.0)
+
+def _curve_areas(score, y=None, w=None, tau=None) -> tuple[float, float]:
+    """(AUUC, Qini) per cohort user of one ranking (curves not normalised).
+
+    AUUC = mean over depths 0..n of the gain curve divided by n; Qini = the
+    same for the Qini curve minus the straight line of a random ranking to the
+    same end point (causalml's ``qini_score`` before normalisation).
+    """
+    gain, qini = _curves(score, y, w, tau)
+    n = gain.shape[0] - 1
     rand = np.linspace(0.0, qini[-1], qini.shape[0])
     return float(gain.mean() / n), float((qini - rand).mean() / n)
 
 
-def _bootstrap_areas(df: pd.DataFrame, n_bootstrap: int, seed: int, alpha: float, **cols: str) -> dict[str, float]:
+def _bootstrap_areas(score, *, y=None, w=None, tau=None, n_bootstrap: int = 200, seed: int = 0,
+                     alpha: float = 0.05) -> dict[str, float]:
     """Point estimates and percentile-bootstrap CIs (users resampled with replacement) of :func:`_curve_areas`.
 
     The scores are per cohort user, so resamples of the full size are on the
     same scale as the point estimate (causalml's own ``return_ci`` normalises
     by the total effect, which is unstable when that total is small).
     """
-    auuc, qini = _curve_areas(df, **cols)
+    def pick(a, i):
+        return None if a is None else a[i]
+
+    auuc, qini = _curve_areas(score, y, w, tau)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 31_337]))
-    n = len(df)
+    n = score.shape[0]
     boots = np.empty((int(n_bootstrap), 2))
     for b in range(int(n_bootstrap)):
-        boots[b] = _curve_areas(df.iloc[rng.integers(0, n, size=n)].reset_index(drop=True), **cols)
+        i = rng.integers(0, n, size=n)
+        boots[b] = _curve_areas(score[i], pick(y, i), pick(w, i), pick(tau, i))
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2], axis=0)
     se = boots.std(axis=0, ddof=1)
     p = 2 * min((boots[:, 1] <= 0).mean(), (boots[:, 1] >= 0).mean())
@@ -124,9 +162,7 @@ def true_uplift_scores(score: np.ndarray, tau: np.ndarray, *, n_bootstrap: int =
     """
     score = np.asarray(score, dtype=np.float64)
     tau = np.asarray(tau, dtype=np.float64)
-    n = score.shape[0]
-    df = pd.DataFrame({"model": score, "w": np.ones(n, dtype=np.int64), "tau": tau})
-    out = _bootstrap_areas(df, n_bootstrap, seed, alpha, treatment_col="w", treatment_effect_col="tau")
+    out = _bootstrap_areas(score, tau=tau, n_bootstrap=n_bootstrap, seed=seed, alpha=alpha)
     out["auuc_random"] = out["auuc"] - out["qini"]
     out["total_effect_per_user"] = float(tau.mean())
     return out
@@ -151,9 +187,8 @@ def observed_uplift_scores(score: np.ndarray, recommended: np.ndarray, outcomes:
     assigned = randomised_assignment(n, K, seed)
     y_obs = outcomes[np.arange(n), assigned]
     keep = (assigned == 0) | (assigned == recommended)
-    df = pd.DataFrame({"model": np.asarray(score)[keep], "y": y_obs[keep],
-                       "w": (assigned[keep] != 0).astype(np.int64)})
-    out = _bootstrap_areas(df, n_bootstrap, seed, alpha, outcome_col="y", treatment_col="w")
+    out = _bootstrap_areas(np.asarray(score, dtype=np.float64)[keep], y=y_obs[keep],
+                           w=(assigned[keep] != 0).astype(np.int64), n_bootstrap=n_bootstrap, seed=seed, alpha=alpha)
     out["users"] = int(keep.sum())
     return out
 

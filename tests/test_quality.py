@@ -157,3 +157,30 @@ def test_report_against_the_truth(eval_context, cls, params, key):
     assert 0 <= r["metrics"]["oracle_incremental_d7_users"]
     assert "share_of_oracle_d7" in r["metrics"] and "against the truth" in r["markdown"]
     assert r["figures"] and all(Path(f).is_file() for f in r["figures"])
+
+
+@pytest.mark.parametrize("kind", ["observed", "true"])
+def test_vectorised_curves_equal_causalml(kind):
+    """The bootstrap's vectorised curves are causalml's get_cumgain / get_qini, point for point."""
+    from causalml.metrics import get_cumgain, get_qini
+
+    from policies.quality import _curves
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    score = rng.normal(size=n)
+    if kind == "true":
+        tau = rng.normal(0.01, 0.05, size=n)
+        gain, qini = _curves(score, None, None, tau)
+        df = pd.DataFrame({"model": score, "w": np.ones(n, dtype=np.int64), "tau": tau})
+        ref_g = get_cumgain(df[["model", "tau"]], treatment_effect_col="tau")["model"].to_numpy()
+        ref_q = get_qini(df, treatment_col="w", treatment_effect_col="tau")["model"].to_numpy()
+    else:
+        y = (rng.random(n) < 0.1 + 0.05 * (score > 0)).astype(float)
+        w = (rng.random(n) < 0.5).astype(np.int64)
+        gain, qini = _curves(score, y, w, None)
+        df = pd.DataFrame({"model": score, "y": y, "w": w})
+        ref_g = get_cumgain(df, outcome_col="y", treatment_col="w")["model"].to_numpy()
+        ref_q = get_qini(df, outcome_col="y", treatment_col="w")["model"].to_numpy()
+    np.testing.assert_allclose(gain, ref_g, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(qini, ref_q, rtol=1e-9, atol=1e-9)
