@@ -13,12 +13,12 @@ Steps (all determined by the config; same config => byte-identical summary.csv):
    collected on a *separate* cohort whose seed is derived from the run seed
    (cached under ``results/logs/``); the oracle reads the truth of this world
    and is labelled "upper bound (reads hidden truth)";
-4. simulate each arm on its own users at budget = budget per user x arm users;
-5. estimate lifts against control (the right test per metric, Holm across
-   arms x metrics), cost per incremental D7-retained user, incremental ROI, the
-   SRM check, and the business-target check;
-6. ground truth: simulate the whole cohort under each arm's policy (same
+4. ground truth: simulate the whole cohort under each arm's policy (same
    budget per user) and under control, with the same random draws (twins);
+5. simulate each arm on its own users at budget = budget per user x arm users;
+6. estimate lifts against control (the right test per metric, Holm across
+   arms x metrics), cost per incremental D7-retained user, incremental ROI, the
+   SRM check, and the business-target check; call policies' ``report(ctx)``;
 7. write ``results/<run-id>/`` atomically (see :mod:`experiments.report`).
 """
 
