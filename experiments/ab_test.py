@@ -468,7 +468,8 @@ def _override(cfg: ABConfig, users: int | None, seed: int | None, policies: str 
         d.pop("split", None)
         if cfg.control not in [a.get("name") or a["policy"] for a in arms]:
             raise ConfigError(f"--policies: the control arm {cfg.control!r} must be one of the arms, got {policies!r}")
-    d.pop("run_id", None)
+    if users is not None or seed is not None or policies is not None:
+        d.pop("run_id", None)  # a different experiment: its id comes from its own config hash
     return d
 
 
