@@ -180,3 +180,27 @@ def test_activation_order_invariance():
     assert calls == ["step"] * shuffled.days, "the model did not step its agents through AgentSet.do"
     pd.testing.assert_frame_equal(ordered.outcomes(), shuffled.outcomes(), check_exact=True)
     pd.testing.assert_frame_equal(ordered.daily(), shuffled.daily(), check_exact=True)
+
+
+def test_parallel_kernel_equals_serial_kernel(monkeypatch):
+    """Blocks of >= PARALLEL_MIN_ROWS installed users take numba's parallel kernel, smaller ones the serial one."""
+    from sim import kernel as K
+    from sim.agents import PARALLEL_MIN_ROWS
+
+    parallel_calls = []
+    parallel = K.step_rows
+
+    def counting(*args):
+        parallel_calls.append(args[0].shape[0])
+        return parallel(*args)
+
+    monkeypatch.setattr(K, "step_rows", counting)
+    n = 9 * PARALLEL_MIN_ROWS // 4  # one block (parallel while >= the threshold are installed) vs three serial ones
+    kw = dict(n_users=n, seed=13, budget=0.2 * n, days=DAYS)
+    par = simulate(SC, DailyRandomPolicy(0.05), n_partitions=1, **kw)
+    assert parallel_calls, "the parallel kernel was never used"
+    parallel_calls.clear()
+    ser = simulate(SC, DailyRandomPolicy(0.05), n_partitions=3, **kw)
+    assert not parallel_calls, "three blocks of n/3 users should all take the serial kernel"
+    pd.testing.assert_frame_equal(par.outcomes(), ser.outcomes(), check_exact=True)
+    pd.testing.assert_frame_equal(par.daily(), ser.daily(), check_exact=True)
