@@ -275,38 +275,59 @@ class IncentiveModel(mesa.Model):
         df = self.datacollector.get_model_vars_dataframe()
         return df.reset_index(drop=True)[list(DAILY_COLUMNS)]
 
-    def outcomes(self) -> pd.DataFrame:
-        """Per-user outcomes to the model's current day (one row per user)."""
-        return outcomes_frame(self.cohort.user_ids, self.F, self.I, self.mask, self.days)
+    def outcomes(self, columns: tuple[str, ...] | list[str] | None = None) -> pd.DataFrame:
+        """Per-user outcomes to the model's current day (one row per user).
+
+        ``columns`` limits the frame to some of :func:`outcome_columns` (saves
+        time and memory on very large cohorts).
+        """
+        cols = outcome_columns(self.days) if columns is None else tuple(columns)
+        return pd.DataFrame(
+            {c: outcome_array(c, self.F, self.I, self.mask, self.days) for c in cols},
+            index=pd.Index(np.asarray(self.cohort.user_ids), name="user_id"),
+        )
 
 
-def outcomes_frame(user_ids, F, I, mask, days: int) -> pd.DataFrame:
-    out = {}
-    for d in RETENTION_DAYS:
-        if d <= days:
-            out[f"retained_d{d}"] = ((mask >> np.int64(d)) & 1).astype(np.int8)
-    for d, row in zip(K.P_DAYS, (K.F_P_D1, K.F_P_D7, K.F_P_D14, K.F_P_D30), strict=True):
-        if d <= days:
-            # probability of opening that day given the user's state that morning (0 once uninstalled):
-            # same mean as retained_dX, less noise; used for ground truth, never shown to policies
-            out[f"p_retained_d{d}"] = F[row].copy()
+_F_OUTCOMES = {
+    "revenue": K.F_REVENUE, "ad_revenue": K.F_ADREV, "pay_revenue": K.F_PAYREV, "cost": K.F_COST,
+    "cost_coins": K.F_COST_COINS, "cost_trial": K.F_COST_TRIAL, "cost_unlock": K.F_COST_UNLOCK,
+    "minutes": K.F_MINUTES,
+    # P(open that day | the user's state that morning), 0 once uninstalled: same mean as
+    # retained_dX with less noise; ground truth only, never shown to policies
+    "p_retained_d1": K.F_P_D1, "p_retained_d7": K.F_P_D7, "p_retained_d14": K.F_P_D14, "p_retained_d30": K.F_P_D30,
+}
+_I_OUTCOMES = {"first_pay_day": K.I_FIRST_PAY_DAY, "active_days": K.I_DAYS_ACTIVE, "churn_day": K.I_CHURN_DAY}
+
+
+def outcome_columns(days: int) -> tuple[str, ...]:
+    """Names of the per-user outcomes of a run with horizon ``days``."""
+    ret = tuple(f"retained_d{d}" for d in RETENTION_DAYS if d <= days)
+    p_ret = tuple(f"p_retained_d{d}" for d in K.P_DAYS if d <= days)
+    return (*ret, *p_ret, "paid_d7", "paid_d30", "first_pay_day", "active_days", "revenue", "ad_revenue",
+            "pay_revenue", "cost", "cost_coins", "cost_trial", "cost_unlock", "net_value", "minutes", "n_grants",
+            "churn_day")
+
+
+def outcome_array(name: str, F: np.ndarray, I: np.ndarray, mask: np.ndarray, days: int) -> np.ndarray:
+    """One per-user outcome computed from the model's state arrays (a fresh array)."""
+    if name not in outcome_columns(days):
+        raise ValueError(f"outcome: unknown column {name!r} for a {days}-day run; expected one of "
+                         f"{list(outcome_columns(days))}")
+    if name.startswith("retained_d"):
+        return ((mask >> np.int64(int(name[len("retained_d"):]))) & 1).astype(np.int8)
+    if name in _F_OUTCOMES:
+        return F[_F_OUTCOMES[name]].copy()
+    if name in _I_OUTCOMES:
+        return I[_I_OUTCOMES[name]].copy()
     fp = I[K.I_FIRST_PAY_DAY]
-    out["paid_d7"] = ((fp >= 0) & (fp <= 7)).astype(np.int8)
-    out["paid_d30"] = ((fp >= 0) & (fp <= 30)).astype(np.int8)
-    out["first_pay_day"] = fp.copy()
-    out["active_days"] = I[K.I_DAYS_ACTIVE].copy()
-    out["revenue"] = F[K.F_REVENUE].copy()
-    out["ad_revenue"] = F[K.F_ADREV].copy()
-    out["pay_revenue"] = F[K.F_PAYREV].copy()
-    out["cost"] = F[K.F_COST].copy()
-    out["cost_coins"] = F[K.F_COST_COINS].copy()
-    out["cost_trial"] = F[K.F_COST_TRIAL].copy()
-    out["cost_unlock"] = F[K.F_COST_UNLOCK].copy()
-    out["net_value"] = out["revenue"] - out["cost"]
-    out["minutes"] = F[K.F_MINUTES].copy()
-    out["n_grants"] = (I[K.I_N_COINS] + I[K.I_N_TRIAL] + I[K.I_N_UNLOCK]).astype(np.int32)
-    out["churn_day"] = I[K.I_CHURN_DAY].copy()
-    return pd.DataFrame(out, index=pd.Index(np.asarray(user_ids), name="user_id"))
+    if name == "paid_d7":
+        return ((fp >= 0) & (fp <= 7)).astype(np.int8)
+    if name == "paid_d30":
+        return ((fp >= 0) & (fp <= 30)).astype(np.int8)
+    if name == "net_value":
+        return F[K.F_REVENUE] - F[K.F_COST]
+    # n_grants
+    return (I[K.I_N_COINS] + I[K.I_N_TRIAL] + I[K.I_N_UNLOCK]).astype(np.int32)
 
 
 def simulate(

@@ -27,7 +27,7 @@ import pandas as pd
 from policies.base import Policy
 from policies.baselines import BlanketPolicy, ControlPolicy
 from sim.catalogue import Catalogue
-from sim.model import IncentiveModel
+from sim.model import IncentiveModel, outcome_array, outcome_columns
 from sim.population import Cohort
 from sim.scenario import Scenario, load_scenario
 
@@ -133,18 +133,23 @@ def static_action_outcomes(
     reps = (0,) if replications == 0 else (tuple(range(1, replications + 1)) if isinstance(replications, int)
                                           else tuple(replications))
     n = len(cohort)
-    acc = {m: np.zeros((n, len(cat)), dtype=np.float64) for m in metrics}
+    horizon = sc.cohort.days if days is None else days
+    metrics = tuple(k for k in metrics if k in outcome_columns(horizon))
+    # (K, n) while accumulating: each arm writes contiguous rows straight from the model state
+    acc = {k: np.zeros((len(cat), n), dtype=np.float64) for k in metrics}
     for r in reps:
         for a in cat:
             pol = ControlPolicy() if a.index == 0 else BlanketPolicy(a.name)
             m = _replicated_model(sc, cohort, pol, budget=None, days=days, seed=seed, replication=r).run()
-            o = m.outcomes()
             for k in metrics:
-                if k in o:
-                    acc[k][:, a.index] += o[k].to_numpy(dtype=np.float64)
+                acc[k][a.index] += outcome_array(k, m.F, m.I, m.mask, m.days)
+    out = {}
     for k in metrics:
-        acc[k] /= len(reps)
-    return StaticEffects(cohort.user_ids, cat, {k: v for k, v in acc.items()}, reps)
+        v = acc.pop(k)
+        if len(reps) > 1:
+            v /= len(reps)
+        out[k] = np.ascontiguousarray(v.T)
+    return StaticEffects(cohort.user_ids, cat, out, reps)
 
 
 def policy_value(outcomes: pd.DataFrame, control: pd.DataFrame) -> dict[str, float]:
