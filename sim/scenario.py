@@ -158,6 +158,9 @@ class Coins(_Strict):
     def _increasing(cls, v: list[float]) -> list[float]:
         if any(b <= a for a, b in zip(v, v[1:], strict=False)):
             raise ValueError(f"levels must be strictly increasing, got {v}")
+        names = [f"coins_{lv:g}" for lv in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"levels must give distinct action names, got {names}")
         return v
 
 

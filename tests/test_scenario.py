@@ -50,6 +50,8 @@ BAD_INPUTS = [
     ("out of range: users", with_value("cohort.users", 1), r"field 'cohort\.users'"),
     ("out of range: level", with_value("incentives.coins.levels", [0.5, -1.0]),
      r"field 'incentives\.coins\.levels\[1\]'.*greater than 0"),
+    ("coin levels with the same action name", with_value("incentives.coins.levels", [1.0000001, 1.0000002]),
+     r"field 'incentives\.coins\.levels'.*distinct action names"),
     ("out of range: budget", with_value("meta.default_budget_per_user", -0.3),
      r"field 'meta\.default_budget_per_user'"),
     ("out of range: saturation", with_value("incentives.saturation", 11.0), r"field 'incentives\.saturation'"),
