@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["base_rate", "mean_predicted", "roc_auc", "pr_auc", "ece", "threshold", "flagged_share", "precision",
             "recall", "f1", "accuracy", "accuracy_all_negative", "accuracy_at_0.5", "recall_at_0.5"]
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(f"[3] held-out metrics (threshold rule: {pol.threshold_rule}, chosen on the threshold split, never trained on)")
+        print(f"[3] held-out metrics (threshold rule: {pol.threshold_rule}, "
+              "chosen on the threshold split, never trained on)")
         print(cls[cols].round(4).to_string())
         for tname, tab in lm["calibration"].items():
             print(f"    calibration {tname}:")
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[arm] = {k: mt.get(f"{arm}_true_{k}", math.nan) for k in (
             "treated_share", "cost_per_user", "d7_lift", "paid_d30_lift", "net_value_lift", "incremental_d7_users",
             "incremental_d7_per_yuan", "incremental_d7_per_yuan_se", "treated_control_d7", "treated_d7_lift",
-            "regret_vs_oracle")}
+            "treated_cost", "regret_vs_oracle")}
     y7, cost = truth.outcomes["retained_d7"], truth.outcomes["cost"]
     blanket = {}
     for k, name in enumerate(truth.catalogue.names):
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             "treated_share": 1.0, "cost_per_user": c / d.size, "d7_lift": d.mean(), "paid_d30_lift": p30.mean(),
             "net_value_lift": nv.mean(), "incremental_d7_users": d.sum(), "incremental_d7_per_yuan": d.sum() / c,
             "incremental_d7_per_yuan_se": d.std(ddof=1) * math.sqrt(d.size) / c,
-            "treated_control_d7": y7[:, 0].mean(), "treated_d7_lift": d.mean(), "regret_vs_oracle": math.nan}
+            "treated_control_d7": y7[:, 0].mean(), "treated_d7_lift": d.mean(), "treated_cost": c / d.size,
+            "regret_vs_oracle": math.nan}
     table = pd.DataFrame(rows).T
     table.index.name = "arm"
     with pd.option_context("display.width", 220, "display.max_columns", 30):

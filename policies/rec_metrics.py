@@ -265,6 +265,11 @@ def modes_figure(values: dict[str, dict[str, float]], composition: pd.DataFrame,
            label="true D7 lift among treated users", color="C1")
     ax.set_xticks(x, arms)
     ax.axhline(0, color="black", lw=0.8)
+    for j, a in enumerate(arms):
+        top = max(values[a]["treated_control_d7"], values[a]["treated_d7_lift"])
+        label = f"{values[a]['treated_share']:.0%} treated\n{values[a].get('treated_cost', math.nan):.2f} yuan each"
+        ax.annotate(label,
+                    (x[j], top), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
     ax.set_title("who is treated: sure things or persuadables?")
     ax.legend(fontsize=8)
     ax = axes[2]

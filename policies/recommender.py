@@ -477,6 +477,7 @@ class RecommenderPolicy(Policy):
             d7 = out["retained_d7"].to_numpy(np.float64)
             v["treated_control_d7"] = float(c7[treated].mean()) if treated.any() else math.nan
             v["treated_d7_lift"] = float((d7 - c7)[treated].mean()) if treated.any() else math.nan
+            v["treated_cost"] = float(out["cost"].to_numpy(np.float64)[treated].mean()) if treated.any() else math.nan
             v["grants_by_action"] = {n: int((acts == k).sum()) for k, n in enumerate(self.action_names_) if k > 0}
             values[arm] = v
             comp[arm] = (seg[treated].value_counts(normalize=True) if treated.any()
@@ -544,7 +545,7 @@ class RecommenderPolicy(Policy):
         vals = ev["values"]
         cols = ["treated_share", "cost_per_user", "d7_lift", "d7_lift_se", "paid_d30_lift", "net_value_lift",
                 "incremental_d7_users", "incremental_d7_per_yuan", "incremental_d7_per_yuan_se",
-                "treated_control_d7", "treated_d7_lift"]
+                "treated_control_d7", "treated_d7_lift", "treated_cost"]
         vt = pd.DataFrame({a: {c: v[c] for c in cols} for a, v in vals.items()}).T
         vt["regret_vs_oracle"] = [vals[a].get("regret_vs_oracle", 0.0) for a in vt.index]
         vt.index.name = "allocation"
