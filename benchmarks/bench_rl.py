@@ -3,6 +3,7 @@
     python benchmarks/bench_rl.py --throughput
     python benchmarks/bench_rl.py --floors --users 50000
     python benchmarks/bench_rl.py --floors --variants --users 50000
+    python benchmarks/bench_rl.py --floors --uplift --users 50000
 
 ``--throughput``: environment steps per second of (a) one Python gymnasium env
 per user, raw and inside PPO rollouts (SB3 ``DummyVecEnv``), and (b) the
@@ -18,7 +19,9 @@ delta-method standard error).  Arms: control, random and the three blankets
 the same agent restricted to day-1 grants (a static learned policy at equal
 budget), and the oracle's static allocation at equal budget (reads the truth:
 the best any static day-1 allocation can do).  ``--variants`` adds the agent
-trained on D7 retention (``value="retention"``) instead of active days.
+trained on D7 retention (``value="retention"``) instead of active days;
+``--uplift`` adds the best static *learned* policy (``policies.uplift``, X-learner on
+100k exploration logs) at the budget and at the agent's realised spend.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def _arm(sc, coh, pol, bpu, seed, ctrl):
                  "refused": m.ledger.refused}
 
 
-def floors(sc, n_users: int, seed: int, variants: bool) -> None:
+def floors(sc, n_users: int, seed: int, variants: bool, uplift: bool = False) -> None:
     bpu = float(sc.meta.default_budget_per_user)
     print(f"== floors: scenario {sc.name}, evaluation cohort {n_users:,} users (seed {seed}), "
           f"budget {bpu} yuan/user ==")
@@ -175,6 +178,27 @@ def floors(sc, n_users: int, seed: int, variants: bool) -> None:
             lo, best = mid, (mid, acts)
     if best is not None:
         add(f"oracle static at the agent's realised spend (budget {best[0]:.3f})", _Fixed(coh.user_ids, best[1]), None)
+    if uplift:
+        # the best static *learned* policy: uplift X-learner on 100k exploration logs (as ab_test fits it)
+        from experiments.ab_test import log_seed
+        from experiments.collect import collect_logs
+        from policies.uplift import UpliftPolicy
+
+        t = time.perf_counter()
+        logs = collect_logs(sc, n_users=100_000, seed=log_seed(seed))
+        up = UpliftPolicy(learner="x", objective="d7_retention").fit(logs, scenario=sc, seed=seed)
+        print(f"uplift: logs + fit {time.perf_counter() - t:.1f} s")
+        add("uplift X (static learned, 100k logs)", up, bpu)
+        lo, hi = 0.0, bpu
+        for _ in range(8):
+            mid = 0.5 * (lo + hi)
+            _, r = _arm(sc, coh, up, mid, seed, ctrl_out)
+            if r["cost"] > rl_cost:
+                hi = mid
+            else:
+                lo = mid
+        if lo > 0:
+            add(f"uplift X at the agent's realised spend (budget {lo:.4f})", up, lo)
     print()
     print("| arm | budget/user | true D7 lift (pp) | true D14 lift (pp) | realised cost/user | commitment/user | "
           "incremental D7 users per yuan (+- se) | refused | sim s |")
@@ -190,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--throughput", action="store_true", help="measure env and PPO-rollout steps per second")
     ap.add_argument("--floors", action="store_true", help="train the default agent and evaluate the floors")
     ap.add_argument("--variants", action="store_true", help="with --floors: also the D7-retention-reward agent")
+    ap.add_argument("--uplift", action="store_true",
+                    help="with --floors: also the uplift X policy (static learned) at the budget and at equal spend")
     ap.add_argument("--users", type=int, default=50_000, help="evaluation cohort size for --floors")
     ap.add_argument("--seed", type=int, default=0, help="run seed (evaluation cohort; training world derived)")
     args = ap.parse_args(argv)
@@ -199,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.throughput:
         throughput(sc)
     if args.floors:
-        floors(sc, args.users, args.seed, args.variants)
+        floors(sc, args.users, args.seed, args.variants, args.uplift)
     return 0
 
 
