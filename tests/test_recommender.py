@@ -405,7 +405,7 @@ def test_report_has_metrics_markdown_and_figures(tmp_path, sc, policy):
 # ---------------------------------------------------------------------------------------------- floors (slow)
 @pytest.mark.slow
 def test_gain_mode_beats_every_blanket_arm_per_yuan_at_full_size(sc):
-    """Floor at the default scenario and budget: 100k logs, 100k evaluation users (several minutes)."""
+    """Floor at the default scenario and budget: 100k logs, 100k evaluation users (~30 s to a few minutes)."""
     from sim.twins import static_action_outcomes
 
     logs = collect_logs(sc, n_users=100_000, seed=1001)
