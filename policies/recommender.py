@@ -556,6 +556,11 @@ class RecommenderPolicy(Policy):
         for arm, row in ev["composition"].iterrows():
             for seg_name, share in row.items():
                 metrics[f"{arm}_treated_segment_{seg_name}"] = float(share)
+        grants = pd.DataFrame({a: v["grants_by_action"] for a, v in vals.items()}).T.astype(np.int64)
+        grants.index.name = "allocation"
+        for arm, row in grants.iterrows():
+            for act_name, cnt in row.items():
+                metrics[f"{arm}_grants_{act_name}"] = float(cnt)
         best_blanket = max(ev["blanket_d7_per_yuan"].items(), key=lambda kv: kv[1])
         for k, v in ev["blanket_d7_per_yuan"].items():
             metrics[f"blanket_{k}_true_incremental_d7_per_yuan"] = float(v)
@@ -576,7 +581,8 @@ class RecommenderPolicy(Policy):
                f"gain {vals['gain']['treated_d7_lift']:+.1%}, at {vals['gain']['cost_per_user']:.3f} yuan "
                "per cohort user.  "
                "Treated users by hidden segment (truth, read by evaluation code only):", "",
-               RM.markdown_table(ev["composition"], ".3f"), ""]
+               RM.markdown_table(ev["composition"], ".3f"), "",
+               "Grants by action:", "", RM.markdown_table(grants, ".0f"), ""]
         if ctx.out_dir is not None:
             figures.append(str(RM.modes_figure(vals, ev["composition"], Path(ctx.out_dir) / "recommender_modes.png",
                                                blanket=ev["blanket_d7_per_yuan"])))

@@ -397,6 +397,10 @@ def test_report_has_metrics_markdown_and_figures(tmp_path, sc, policy):
     assert m["gain_true_regret_vs_oracle"] == pytest.approx(
         (m["oracle_true_d7_lift"] - m["gain_true_d7_lift"]) * len(coh))
     assert "accuracy_all_negative" in rep["markdown"] and "Calibration" in rep["markdown"]
+    # grants by action add up to the treated share of the cohort
+    for arm in ("gain", "response"):
+        n_granted = sum(v for k, v in m.items() if k.startswith(f"{arm}_grants_"))
+        assert n_granted == pytest.approx(m[f"{arm}_true_treated_share"] * len(coh))
     assert len(rep["figures"]) == 3
     for f in rep["figures"]:
         assert (tmp_path / f.split("/")[-1]).stat().st_size > 1000
