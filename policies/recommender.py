@@ -3,9 +3,10 @@
 Two modes, same model:
 
 * ``gain`` (default): each incentive's predicted *gain* over "none"
-  (``p(y | x, a) - p(y | x, none)``) is allocated under the arm's budget by
-  the shared solver (:func:`policies.solver.allocate`) on the ledger's
-  commitment costs, i.e. most predicted gain per committed yuan first.
+  (``p(y | x, a) - p(y | x, none)``; a lower confidence bound over an ensemble
+  of two-towers) is allocated under the arm's budget by the shared solver
+  (:func:`policies.solver.allocate`) on the ledger's commitment costs, i.e.
+  most predicted gain per committed yuan first.
   This targets persuadables: users whose outcome the incentive changes.
 * ``response``: what a plain recommender does.  Each user's incentive is
   the one with the highest predicted *response* ``p(y | x, a)`` ("none" is
