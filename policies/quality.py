@@ -218,7 +218,7 @@ def gain_curves(scores: dict[str, tuple[np.ndarray, np.ndarray]], n_points: int 
         g = get_cumgain(pd.DataFrame({"model": score, "tau": tau}), treatment_effect_col="tau")["model"].to_numpy()
         out[name] = g[np.minimum((frac * n).round().astype(int), n)] / n
     total = next(iter(scores.values()))[1]
-    out["random"] = frac * float(np.sum(total)) / len(total)
+    out[f"random (same actions as {next(iter(scores))})"] = frac * float(np.sum(total)) / len(total)
     return pd.DataFrame(out)
 
 
@@ -232,7 +232,7 @@ def plot_gain_curves(curves: pd.DataFrame, path: Path, title: str, ylabel: str) 
     for c in curves.columns:
         if c == "share_targeted":
             continue
-        ax.plot(curves["share_targeted"], curves[c], label=c, ls="--" if c == "random" else "-")
+        ax.plot(curves["share_targeted"], curves[c], label=c, ls="--" if c.startswith("random") else "-")
     ax.set_xlabel("share of users targeted (ranked by score)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -397,7 +397,7 @@ def uplift_report(policy, ctx) -> dict[str, Any]:
     q = uplift_quality(policy, ctx.scenario, ctx.cohort, ctx.seed, ctx.truth, expected, n_bootstrap=100,
                        out_dir=Path(ctx.out_dir) if ctx.out_dir is not None else None, prefix=policy.name)
     val = allocation_value(ctx.policy_twin, ctx.control_twin, ctx.oracle_twin)
-    md = [f"### {policy.name}: uplift model quality against the truth", "",
+    md = [f"### {policy.name} ({policy.mode}): uplift model quality against the truth", "",
           f"Learner `{policy.learner}` ({policy.base_learner}), objective `{policy.objective}`, mode `{policy.mode}`, "
           f"fit on {policy.n_logged_:,} logged users.", "", q["markdown"]]
     if val:

@@ -89,7 +89,7 @@ def test_recommended_actions_and_gain_curve_end_points():
     x, tau = _tau(1000)
     c = gain_curves({"model": (x, tau), "oracle": (tau, tau)})
     assert c["share_targeted"].iloc[0] == 0 and c["share_targeted"].iloc[-1] == 1
-    for col in ("model", "oracle", "random"):
+    for col in ("model", "oracle", "random (same actions as model)"):
         assert c[col].iloc[-1] == pytest.approx(tau.mean())
     assert (c["oracle"] >= c["model"] - 1e-12).all()
 
