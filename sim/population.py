@@ -112,7 +112,7 @@ def _reference_scores(key, n, cum_channel, cum_device, cum_city, cum_age, female
 def _generate(
     key, uids, cum_channel, cum_device, cum_city, cum_age, female, n_genres, night, tilt, intercepts,
     habit_mu, habit_noise, resp_c, resp_m, resp_u, pref_boost, minutes_log_mean, max_minutes, minutes_per_chapter,
-    obs_i, obs_f, seg_out, traits,
+    tn, rn, d0_sig, d0_noise, obs_i, obs_f, seg_out, traits,
 ):
     for j in prange(uids.shape[0]):
         uid = uids[j]
@@ -142,25 +142,25 @@ def _generate(
             - 0.2 * (ch == 4)
         )
         price = _sigmoid(
-            0.8 * R.normal(key, uid, 0, R.P_PRICE) + 0.8 * (dev == 0) - 0.6 * (dev == 2) + 0.25 * (city - 1.5)
+            0.8 * tn * R.normal(key, uid, 0, R.P_PRICE) + 0.8 * (dev == 0) - 0.6 * (dev == 2) + 0.25 * (city - 1.5)
             + 1.2 * hunter
         )
         adtol = _sigmoid(
-            0.9 * R.normal(key, uid, 0, R.P_ADTOL) + 0.5 * (age >= 3) - 0.7 * os - 0.3 * (dev == 2) + 0.2
+            0.9 * tn * R.normal(key, uid, 0, R.P_ADTOL) + 0.5 * (age >= 3) - 0.7 * os - 0.3 * (dev == 2) + 0.2
         )
         g_eff = 0.7 if genre < 3 else -0.4
-        binge = _sigmoid(0.9 * R.normal(key, uid, 0, R.P_BINGE) + g_eff)
+        binge = _sigmoid(0.9 * tn * R.normal(key, uid, 0, R.P_BINGE) + g_eff)
         payprop = (
-            0.8 * R.normal(key, uid, 0, R.P_PAYPROP) + 1.0 * (dev == 2) + 0.6 * os + 0.4 * (city == 0)
+            0.8 * tn * R.normal(key, uid, 0, R.P_PAYPROP) + 1.0 * (dev == 2) + 0.6 * os + 0.4 * (city == 0)
             + 0.3 * ((age == 2) or (age == 3)) - 0.8 * price - 1.0 * hunter
         )
         minmu = (
             minutes_log_mean + 0.25 * (habit + 1.5) + 0.6 * (binge - 0.5) + 0.2 * R.normal(key, uid, 0, R.P_MINMU)
         )
         # responsiveness: segment multiplier x matching trait x unobservable noise
-        rc = resp_c[seg] * price * (0.5 + R.uniform(key, uid, 0, R.P_RESP))
-        rm = resp_m[seg] * (1.0 - adtol) * (0.5 + R.uniform(key, uid, 1, R.P_RESP))
-        ru = resp_u[seg] * binge * (0.5 + R.uniform(key, uid, 2, R.P_RESP))
+        rc = resp_c[seg] * price * (1.0 + rn * (2.0 * R.uniform(key, uid, 0, R.P_RESP) - 1.0))
+        rm = resp_m[seg] * (1.0 - adtol) * (1.0 + rn * (2.0 * R.uniform(key, uid, 1, R.P_RESP) - 1.0))
+        ru = resp_u[seg] * binge * (1.0 + rn * (2.0 * R.uniform(key, uid, 2, R.P_RESP) - 1.0))
         if seg == 0:
             # persuadables are won over mainly by one incentive type: the one matching their strongest trait
             top = max(rc, rm, ru)
@@ -168,7 +168,7 @@ def _generate(
             rm = rm * (pref_boost if rm == top else 1.0 / pref_boost)
             ru = ru * (pref_boost if ru == top else 1.0 / pref_boost)
         # day-0 behaviour: observable, driven by hidden habit and binge
-        d0m = math.exp(minmu - 0.6 + 0.35 * habit + 0.6 * R.normal(key, uid, 0, R.P_D0MIN))
+        d0m = math.exp(minmu - 0.6 + d0_sig * habit + d0_noise * R.normal(key, uid, 0, R.P_D0MIN))
         d0m = min(max_minutes, d0m)
         mpc = minutes_per_chapter * (1.3 - 0.6 * binge)
         d0c = int(d0m / mpc + R.uniform(key, uid, 0, R.P_D0CH))
@@ -309,7 +309,7 @@ def generate_cohort(scenario: Scenario, n_users: int | None = None, seed: int = 
     obs_f = np.empty(n, dtype=np.float32)
     seg = np.empty(n, dtype=np.int8)
     traits = np.empty((N_TRAITS, n), dtype=np.float32)
-    b, inc = scenario.behaviour, scenario.incentives
+    b, inc, pop = scenario.behaviour, scenario.incentives, scenario.population
     habit_mu = np.array([getattr(b.habit, s) for s in SEGMENTS], dtype=np.float64)
     resp = [
         np.array([getattr(x.responsiveness, s) for s in SEGMENTS], dtype=np.float64)
@@ -319,7 +319,8 @@ def generate_cohort(scenario: Scenario, n_users: int | None = None, seed: int = 
         key, uids, *_pop_args(scenario), float(scenario.segments.observable_tilt), segment_intercepts(scenario),
         habit_mu, float(b.habit_noise), resp[0], resp[1], resp[2], float(scenario.segments.persuadable_focus),
         float(b.minutes_log_mean), float(b.max_minutes),
-        float(b.minutes_per_chapter), obs_i, obs_f, seg, traits,
+        float(b.minutes_per_chapter), float(pop.trait_noise), float(pop.response_noise), float(pop.d0_habit_signal),
+        float(pop.d0_minutes_noise), obs_i, obs_f, seg, traits,
     )
     return Cohort(seed=int(seed), user_ids=uids, obs_int=obs_i, d0_minutes=obs_f, segment=seg, traits=traits)
 

@@ -65,6 +65,18 @@ class Population(_Strict):
     female_share: Prob = 0.5
     n_genres: Annotated[int, Field(ge=1, le=32)] = 8
     night_install_share: Prob = 0.12
+    trait_noise: Annotated[float, Field(ge=0.0, le=5.0)] = Field(
+        1.0, description="Scale of the unobservable noise in price sensitivity, ad tolerance, binge and pay propensity."
+    )
+    response_noise: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.5, description="Responsiveness is multiplied by U(1 - response_noise, 1 + response_noise), unobservable."
+    )
+    d0_habit_signal: Annotated[float, Field(ge=0.0, le=5.0)] = Field(
+        0.35, description="Weight of the hidden habit in log day-0 reading minutes."
+    )
+    d0_minutes_noise: Annotated[float, Field(ge=0.0, le=5.0)] = Field(
+        0.6, description="Standard deviation of the noise in log day-0 reading minutes."
+    )
 
     @field_validator("channel_shares", "device_tier_shares", "city_tier_shares", "age_band_shares")
     @classmethod
