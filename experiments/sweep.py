@@ -36,14 +36,18 @@ file or arguments, 3 the sweep folder is locked by another sweep, 130 interrupte
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import math
 import os
+import pickle
 import platform
 import sys
 import tempfile
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,21 +103,92 @@ def _limit_threads(threads: int | None) -> None:
         sys.modules["torch"].set_num_threads(max(1, int(threads)))
 
 
-def run_point(point: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+# Fitted policies of this worker process, keyed by (policy class and settings, logs, fit context): the
+# points of one cell that differ only in their budget fit the same policy on the same logs, so a fit is
+# done once per worker and deep-copied for the others.  Fits are deterministic given their inputs, so a
+# cached fit gives the same run as a fresh one (tests/test_sweep.py checks it).
+_FIT_CACHE: OrderedDict[str, Any] = OrderedDict()
+FIT_CACHE_SIZE = 16
+_fit_stats = {"hits": 0, "misses": 0}
+
+
+def _digest(v: Any) -> str | None:
+    """A deterministic digest of a fit input, or None if it has none (then nothing is cached)."""
+    import numpy as np
+    import pandas as pd
+
+    if v is None or isinstance(v, bool | int | float | str):
+        return repr(v)
+    if isinstance(v, pd.DataFrame):
+        h = hashlib.sha256(pd.util.hash_pandas_object(v, index=True).to_numpy().tobytes())
+        h.update(repr(list(v.columns)).encode())
+        return h.hexdigest()
+    if isinstance(v, np.ndarray):
+        return hashlib.sha256(v.tobytes() + repr((v.dtype.str, v.shape)).encode()).hexdigest()
+    if hasattr(v, "model_dump_json"):
+        return hashlib.sha256(v.model_dump_json().encode()).hexdigest()
+    if isinstance(v, dict | list | tuple):
+        parts = [_digest(x) for x in (sorted(v.items(), key=lambda kv: str(kv[0])) if isinstance(v, dict) else v)]
+        return None if any(x is None for x in parts) else hashlib.sha256(repr(parts).encode()).hexdigest()
+    r = repr(v)
+    return None if " at 0x" in r else r
+
+
+def _copy(obj: Any) -> Any:
+    """A deep copy; through pickle for objects deepcopy refuses (e.g. torch modules with non-leaf tensors)."""
+    try:
+        return copy.deepcopy(obj)
+    except Exception:
+        return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _cached_fit(orig: Callable) -> Callable:
+    def fit(policy: Any, logs: Any, context: dict) -> Any:
+        if getattr(policy, "reads_truth", False) or getattr(policy, "fit", None) is None:
+            return orig(policy, logs, context)
+        cls = type(policy)
+        parts = [f"{cls.__module__}.{cls.__qualname__}", _digest(vars(policy)), _digest(logs),
+                 _digest({k: (v if k != "catalogue" else repr(v)) for k, v in context.items()})]
+        if any(p is None for p in parts):
+            return orig(policy, logs, context)
+        key = hashlib.sha256(repr(parts).encode()).hexdigest()
+        if key in _FIT_CACHE:
+            _FIT_CACHE.move_to_end(key)
+            _fit_stats["hits"] += 1
+            return _copy(_FIT_CACHE[key])
+        fitted = orig(policy, logs, context)
+        _fit_stats["misses"] += 1
+        try:
+            _FIT_CACHE[key] = _copy(fitted)
+        except Exception:  # an uncopyable fitted policy is simply not cached
+            return fitted
+        while len(_FIT_CACHE) > FIT_CACHE_SIZE:
+            _FIT_CACHE.popitem(last=False)
+        return fitted
+
+    return fit
+
+
+def run_point(point: dict[str, Any], threads: int | None = None, fit_cache: bool = True) -> dict[str, Any]:
     """Run one point's A/B experiment in memory; return its run record (never raises for a failing run)."""
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"point_id": point["point_id"], "point": point, "host": platform.node()}
+    import experiments.ab_test as ab
+
+    orig_fit = ab._fit
     try:
         _limit_threads(threads)
-        from experiments.ab_test import run_experiment
-
-        res = run_experiment(point["config"], progress=False, write=False)
+        if fit_cache:
+            ab._fit = _cached_fit(orig_fit)
+        res = ab.run_experiment(point["config"], progress=False, write=False)
         rows = [{k: _py(v) for k, v in row.items()} for row in res.summary.to_dict(orient="records")]
         rec.update(status="ok", summary=rows, error=None, traceback=None,
                    timings={k: round(float(v), 3) for k, v in res.timings.items()})
     except Exception as err:  # a failing run is recorded, never fatal to the sweep
         rec.update(status="failed", summary=None, error=f"{type(err).__name__}: {err}",
                    traceback=traceback.format_exc(), timings={})
+    finally:
+        ab._fit = orig_fit
     rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
     return rec
 
@@ -232,8 +307,9 @@ def split_done(plan: Plan, sweep_dir: Path, retry_failed: bool = False) -> tuple
 
 
 def _submission_order(points: list[Point]) -> list[Point]:
-    """Replicate-major, so a partial sweep already covers every cell."""
-    return sorted(points, key=lambda p: (p.replicate, p.point_id))
+    """Replicate-major, so a partial sweep already covers every cell; then budget-major, so that the
+    points of one arm at successive budgets are spread out (each worker fits an arm once per replicate)."""
+    return sorted(points, key=lambda p: (p.replicate, p.scenario, p.budget, p.point_id))
 
 
 def _failed_record(p: Point, err: BaseException, tb: str) -> dict[str, Any]:
@@ -241,12 +317,12 @@ def _failed_record(p: Point, err: BaseException, tb: str) -> dict[str, Any]:
             "error": f"{type(err).__name__}: {err}", "traceback": tb, "timings": {}, "elapsed_s": math.nan}
 
 
-def _run_serial(points: list[Point], on_result: Callable[[dict], None]) -> None:
+def _run_serial(points: list[Point], on_result: Callable[[dict], None], fit_cache: bool = True) -> None:
     for p in points:
-        on_result(run_point(p.to_dict(), None))
+        on_result(run_point(p.to_dict(), None, fit_cache))
 
 
-def _run_local(points: list[Point], workers: int, on_result: Callable[[dict], None]) -> None:
+def _run_local(points: list[Point], workers: int, on_result: Callable[[dict], None], fit_cache: bool = True) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -255,7 +331,7 @@ def _run_local(points: list[Point], workers: int, on_result: Callable[[dict], No
     ctx = mp.get_context("spawn")  # no fork: numba's threading layer and torch do not survive it reliably
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
     try:
-        futures = {ex.submit(run_point, p.to_dict(), threads): p for p in points}
+        futures = {ex.submit(run_point, p.to_dict(), threads, fit_cache): p for p in points}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -275,7 +351,7 @@ def _run_local(points: list[Point], workers: int, on_result: Callable[[dict], No
 
 
 def _run_ray(points: list[Point], workers: int | None, address: str | None, on_result: Callable[[dict], None],
-             working_dir: str | None = None) -> None:
+             working_dir: str | None = None, fit_cache: bool = True) -> None:
     try:
         import ray
     except ImportError:
@@ -293,7 +369,7 @@ def _run_ray(points: list[Point], workers: int | None, address: str | None, on_r
     refs: dict[Any, Point] = {}
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(run_point)
-        refs = {task.remote(p.to_dict(), 1): p for p in points}
+        refs = {task.remote(p.to_dict(), 1, fit_cache): p for p in points}
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
             for ref in done:
@@ -372,11 +448,11 @@ def run_sweep(
             if not ordered:
                 pass
             elif backend == "ray":
-                _run_ray(ordered, workers, address, on_result, ray_working_dir)
+                _run_ray(ordered, workers, address, on_result, ray_working_dir, plan.config.fit_cache)
             elif n_workers == 1:
-                _run_serial(ordered, on_result)
+                _run_serial(ordered, on_result, plan.config.fit_cache)
             else:
-                _run_local(ordered, n_workers, on_result)
+                _run_local(ordered, n_workers, on_result, plan.config.fit_cache)
         finally:
             if bar is not None:
                 bar.close()

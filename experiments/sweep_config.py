@@ -166,6 +166,9 @@ class SweepConfig(_Strict):
     experiment: dict[str, Any] = Field(default_factory=dict, description="ABConfig fields shared by every run.")
     out_dir: str = Field("results/sweeps", description="Parent folder of <name>/.")
     alpha: Annotated[float, Field(gt=0, lt=1)] = Field(0.05, description="1 - confidence of the CIs across seeds.")
+    fit_cache: bool = Field(
+        True, description="Reuse a worker's fitted policy for the points that differ only in budget (same fit)."
+    )
 
     @field_validator("name")
     @classmethod

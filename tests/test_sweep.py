@@ -289,3 +289,22 @@ def test_failing_run_is_recorded_and_others_finish(tmp_path):
     assert again.ran == 0 and again.failed == 2
     retry = run_sweep(plan, workers=1, out=tmp_path, progress=False, log=None, retry_failed=True)
     assert retry.ran == 2 and retry.failed == 2
+
+
+# ----------------------------------------------------------------------
+def test_fit_cache_reuses_a_fit_across_budgets_with_identical_runs(tmp_path):
+    """Points differing only in budget share one fit per worker; the runs equal fresh fits' runs."""
+    import experiments.sweep as S
+
+    data = _with(replicates=1, budgets=[0.1, 0.5], policies=[{"policy": "ltv", "params": {"n_estimators": 20}}],
+                 experiment={"users": 300, "logs": {"users": 2000, "cache_dir": str(tmp_path / "logs")}})
+    plan = sweep_from_dict(data)
+    S._FIT_CACHE.clear()
+    before = dict(S._fit_stats)
+    cached = [S.run_point(p.to_dict(), None, True) for p in plan.points]
+    assert S._fit_stats["hits"] - before["hits"] >= 1  # the second budget reused the first one's ltv fit
+    fresh = [S.run_point(p.to_dict(), None, False) for p in plan.points]
+    for a, b in zip(cached, fresh):
+        assert a["status"] == b["status"] == "ok", (a["error"], b["error"])
+        assert json.dumps(a["summary"], sort_keys=True) == json.dumps(b["summary"], sort_keys=True)
+    assert cached[0]["summary"] != cached[1]["summary"]  # budgets differ: the runs do
