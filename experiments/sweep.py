@@ -65,6 +65,10 @@ class SweepError(RuntimeError):
     """The sweep cannot run (folder locked, workers crashed); finished runs are kept."""
 
 
+class ScenarioChanged(RuntimeError):
+    """A scenario file was edited after the sweep was planned: the run would not match its point id."""
+
+
 class SweepLocked(SweepError):
     """Another sweep process holds the folder's lock."""
 
@@ -178,6 +182,16 @@ def run_point(point: dict[str, Any], threads: int | None = None, fit_cache: bool
     orig_fit = ab._fit
     try:
         _limit_threads(threads)
+        expected = point.get("scenario_hash")
+        if expected:
+            from experiments.sweep_config import scenario_digest
+
+            now = scenario_digest(point["config"]["scenario"])
+            if now != expected:
+                raise ScenarioChanged(
+                    f"scenario {point['config']['scenario']!r} changed since the sweep was planned "
+                    f"(content hash {now}, planned {expected}); start the sweep again: the new scenario's points "
+                    "get new ids and run, these are ignored")
         if fit_cache:
             ab._fit = _cached_fit(orig_fit)
         res = ab.run_experiment(point["config"], progress=False, write=False)

@@ -260,6 +260,7 @@ class Point:
     seed: int
     field: str  # where the cell comes from in the sweep file, for error messages
     config: dict  # the run's resolved ABConfig as a plain dict
+    scenario_hash: str = ""  # content hash of the scenario when the plan was made (checked before the run)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -274,6 +275,7 @@ class Point:
             "seed": self.seed,
             "field": self.field,
             "config": self.config,
+            "scenario_hash": self.scenario_hash,
         }
 
     @classmethod
@@ -334,6 +336,11 @@ def _cell_seed(sweep_seed: int, replicate: int, cell_key: str) -> int:
     key = int.from_bytes(hashlib.sha256(cell_key.encode()).digest()[:4], "little")
     ss = np.random.SeedSequence(sweep_seed, spawn_key=(replicate, key))
     return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def scenario_digest(name_or_path: str) -> str:
+    """Content hash of a scenario (its validated fields), to detect a scenario file edited mid-sweep."""
+    return hashlib.sha256(load_scenario(name_or_path).model_dump_json().encode()).hexdigest()[:12]
 
 
 def _config_hash(d: dict) -> str:
@@ -448,8 +455,7 @@ def expand(cfg: SweepConfig, source: str = "sweep", default_name: str = "sweep")
         resolved_cells.append((field, sc, label, policy, params, b, budget))
 
     seeds = replicate_seeds(cfg.seed, cfg.replicates)
-    scenario_hash = {sc: hashlib.sha256(load_scenario(sc).model_dump_json().encode()).hexdigest()[:12]
-                     for sc in dict.fromkeys(c[1] for c in resolved_cells)}
+    scenario_hash = {sc: scenario_digest(sc) for sc in dict.fromkeys(c[1] for c in resolved_cells)}
     points: list[Point] = []
     checked: set[tuple] = set()
     for field, sc, label, policy, params, b, budget in resolved_cells:
@@ -476,7 +482,8 @@ def expand(cfg: SweepConfig, source: str = "sweep", default_name: str = "sweep")
             h = _config_hash({"config": resolved, "scenario": scenario_hash[sc]})
             pid = f"{_slug(sc)}__{_slug(label)}__b{_budget_str(budget)}__r{r:03d}-{h}"
             resolved["run_id"] = pid
-            points.append(Point(pid, sc, label, policy, params, b, budget, r, seed, field, resolved))
+            points.append(Point(pid, sc, label, policy, params, b, budget, r, seed, field, resolved,
+                                scenario_hash[sc]))
     ids = [p.point_id for p in points]
     if len(set(ids)) != len(ids):  # pragma: no cover - labels are unique per (scenario, budget) above
         raise SweepConfigError(f"{source}: two points share an id; give the entries distinct 'name's")

@@ -308,3 +308,18 @@ def test_fit_cache_reuses_a_fit_across_budgets_with_identical_runs(tmp_path):
         assert a["status"] == b["status"] == "ok", (a["error"], b["error"])
         assert json.dumps(a["summary"], sort_keys=True) == json.dumps(b["summary"], sort_keys=True)
     assert cached[0]["summary"] != cached[1]["summary"]  # budgets differ: the runs do
+
+
+def test_a_scenario_edited_mid_sweep_is_not_run_under_the_old_id(tmp_path):
+    import experiments.sweep as S
+
+    world = tmp_path / "my_world.toml"
+    text = (ROOT / "sim" / "scenarios" / "fanqie_newuser.toml").read_text()
+    world.write_text(text)
+    plan = sweep_from_dict(_with(replicates=1, budgets=[0.1], scenarios=[str(world)],
+                                 policies=[{"policy": "random"}]))
+    world.write_text(text.replace("churn_if_active = 0.01", "churn_if_active = 0.02"))
+    rec = S.run_point(plan.points[0].to_dict())
+    assert rec["status"] == "failed" and rec["error"].startswith("ScenarioChanged: scenario")
+    assert sweep_from_dict(_with(replicates=1, budgets=[0.1], scenarios=[str(world)],
+                                 policies=[{"policy": "random"}])).points[0].point_id != plan.points[0].point_id
