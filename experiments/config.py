@@ -92,7 +92,7 @@ class ArmConfig(_Strict):
 class LogsConfig(_Strict):
     """Exploration logs for learned arms (collected on a separate cohort, cached)."""
 
-    users: Annotated[int, Field(ge=2, le=10_000_000)] = 100_000
+    users: Annotated[int, Field(ge=2, le=10_000_000)] = 200_000
     seed: Annotated[int, Field(ge=0)] | None = Field(
         None, description="Seed of the log cohort; default: derived from the run seed via SeedSequence."
     )
