@@ -118,7 +118,13 @@ class RecommenderPolicy(Policy):
     uncertainty_penalty : float
         ``gain`` mode: allocate on the ensemble's mean predicted gain minus this many standard errors
         of that mean (a lower confidence bound; 0 = the plain mean).  Chosen on a development cohort
-        (seed 99, never the benchmark's): 2 gave about the most incremental D7 users there.
+        (seed 99, never the benchmark's): 2, together with ``gain_shrinkage`` 0.5.
+    gain_shrinkage : float
+        ``gain`` mode: each user's predicted gain of an action is shrunk toward that action's mean
+        predicted gain over the logged users, ``mean + gain_shrinkage * (gain - mean)`` (1 = no
+        shrinkage).  Individual gains are noisy; the action's average effect is well estimated.
+        0.5 (with ``uncertainty_penalty`` 2) chosen on the development cohort after the world's recalibration
+        (8aeebc1); see benchmarks/RECORD_recommender.md.
     threshold_rule : str
         How the operating threshold of the held-out metrics is chosen on the
         threshold split (logs never trained on): ``"f1"`` (maximise F1) or ``"base_rate"``.
@@ -147,6 +153,7 @@ class RecommenderPolicy(Policy):
         weights: dict[str, float] | None = None,
         min_gain_per_yuan: float = 0.0,
         uncertainty_penalty: float = 2.0,
+        gain_shrinkage: float = 0.5,
         threshold_rule: str = "f1",
         heldout_fraction: float = 0.1,
         threshold_fraction: float = 0.1,
@@ -168,6 +175,7 @@ class RecommenderPolicy(Policy):
         self.weights = weights
         self.min_gain_per_yuan = min_gain_per_yuan
         self.uncertainty_penalty = uncertainty_penalty
+        self.gain_shrinkage = gain_shrinkage
         self.threshold_rule = threshold_rule
         self.heldout_fraction = heldout_fraction
         self.threshold_fraction = threshold_fraction
@@ -217,6 +225,8 @@ class RecommenderPolicy(Policy):
         if not _is_num(self.uncertainty_penalty) or self.uncertainty_penalty < 0:
             raise ValueError(f"{p}.uncertainty_penalty: expected a finite number >= 0, "
                              f"got {self.uncertainty_penalty!r}")
+        if not _is_num(self.gain_shrinkage) or not 0 <= self.gain_shrinkage <= 1:
+            raise ValueError(f"{p}.gain_shrinkage: expected a number in [0, 1], got {self.gain_shrinkage!r}")
         if self.threshold_rule not in RM.THRESHOLD_RULES:
             raise ValueError(f"{p}.threshold_rule: expected one of {list(RM.THRESHOLD_RULES)}, "
                              f"got {self.threshold_rule!r}")
@@ -301,6 +311,8 @@ class RecommenderPolicy(Policy):
         pv_all = self.predict(thr_logs[list(FEATURES)])
         ta = thr_logs["action"].to_numpy(np.int64)
         pv = {t: v[np.arange(len(ta)), ta] for t, v in pv_all.items()}
+        gv = objective_values(pv_all, self.objective, self.weights)
+        self.gain_mean_ = (gv - gv[:, :1]).mean(axis=0)  # each action's mean predicted gain (threshold split)
         self.thresholds_ = {t: RM.choose_threshold(thr_logs[t].to_numpy(), pv[t], self.threshold_rule)
                             for t in TARGETS}
         self.log_metrics_ = self._heldout_metrics(logs.iloc[hold].reset_index(drop=True)) if n_hold >= 20 else None
@@ -344,18 +356,20 @@ class RecommenderPolicy(Policy):
         return _mean_preds(self.predict_members(features))
 
     def gain_values(self, members: list[dict[str, np.ndarray]]) -> np.ndarray:
-        """Values the ``gain`` mode allocates: a lower confidence bound on each action's gain over none.
+        """Values the ``gain`` mode allocates: each action's predicted gain over none, made conservative.
 
-        Per member, the objective's predicted gain ``v(x, a) - v(x, none)``; then the ensemble mean minus
-        ``uncertainty_penalty`` standard errors of that mean (members disagree most where the logs say
-        least; the solver, which ranks gain per yuan, would otherwise chase noise on cheap actions).
+        Per member, the objective's predicted gain ``v(x, a) - v(x, none)``; the ensemble mean, shrunk
+        toward each action's mean gain by ``gain_shrinkage``, minus ``uncertainty_penalty`` standard
+        errors of that mean.  Individual gains are small differences of noisy predictions; the solver,
+        which ranks gain per yuan, would otherwise chase noise.
         """
         g = np.stack([objective_values(p, self.objective, self.weights) for p in members])
         g = g - g[:, :, :1]
-        mu = g.mean(axis=0)
+        lam = float(self.gain_shrinkage)
+        mu = self.gain_mean_ + lam * (g.mean(axis=0) - self.gain_mean_)
         if len(members) < 2 or self.uncertainty_penalty == 0:
             return mu
-        se = g.std(axis=0, ddof=1) / math.sqrt(len(members))
+        se = lam * g.std(axis=0, ddof=1) / math.sqrt(len(members))
         return mu - float(self.uncertainty_penalty) * se
 
     def _allocate(self, members: list[dict[str, np.ndarray]], budget: float | None, mode: str) -> np.ndarray:
@@ -395,6 +409,7 @@ class RecommenderPolicy(Policy):
             "params": self.get_params(),
             "seed_": self.seed_,
             "thresholds_": self.thresholds_,
+            "gain_mean_": [float(x) for x in self.gain_mean_],
             "budget_per_user_": self.budget_per_user_,
             "n_logs_": self.n_logs_,
             "catalogue": self.model_.item_meta_,
@@ -424,6 +439,7 @@ class RecommenderPolicy(Policy):
         pol.commit_costs_ = np.asarray(it["costs"], dtype=np.float64)
         pol.seed_ = int(meta["seed_"])
         pol.thresholds_ = {k: float(v) for k, v in meta["thresholds_"].items()}
+        pol.gain_mean_ = np.asarray(meta["gain_mean_"], dtype=np.float64)
         pol.budget_per_user_ = meta["budget_per_user_"]
         pol.n_logs_ = meta["n_logs_"]
         pol.log_metrics_ = None

@@ -218,6 +218,7 @@ def test_bad_model_settings_are_rejected(kwargs, match):
         (dict(seed=-3), "seed"),
         (dict(n_models=0), "n_models"),
         (dict(uncertainty_penalty=-1.0), "uncertainty_penalty"),
+        (dict(gain_shrinkage=1.5), "gain_shrinkage"),
         (dict(uncertainty_penalty=float("nan")), "uncertainty_penalty"),
         (dict(n_models=2.0), "n_models"),
         (dict(threshold_fraction=0.0), "threshold_fraction"),
@@ -293,17 +294,21 @@ def test_unlimited_budget_gain_gives_only_positive_predicted_gains(sc, cat, poli
     np.testing.assert_array_equal(r, 1 + np.argmax(p[:, 1:], axis=1))
 
 
-def test_gain_values_are_a_lower_confidence_bound_on_the_mean_gain(sc, policy):
+def test_gain_values_shrink_toward_the_mean_gain_and_penalise_uncertainty(sc, policy):
     coh = generate_cohort(sc, 500, seed=14)
     members = policy.predict_members(coh.features())
     g = np.stack([m["retained_d7"] - m["retained_d7"][:, :1] for m in members])
     plain = policy.with_mode("gain")
-    plain.uncertainty_penalty = 0.0
+    plain.uncertainty_penalty, plain.gain_shrinkage = 0.0, 1.0
     np.testing.assert_allclose(plain.gain_values(members), g.mean(0))
-    lcb = policy.gain_values(members)
-    se = g.std(0, ddof=1) / np.sqrt(len(members))
-    np.testing.assert_allclose(lcb, g.mean(0) - policy.uncertainty_penalty * se)
-    assert np.all(lcb[:, 0] == 0) and np.all(lcb <= g.mean(0) + 1e-15)
+    plain.gain_shrinkage = 0.0
+    np.testing.assert_allclose(plain.gain_values(members), np.broadcast_to(policy.gain_mean_, g.shape[1:]))
+    lcb = policy.with_mode("gain")
+    lcb.uncertainty_penalty, lcb.gain_shrinkage = 2.0, 0.5
+    shrunk = policy.gain_mean_ + 0.5 * (g.mean(0) - policy.gain_mean_)
+    se = 0.5 * g.std(0, ddof=1) / np.sqrt(len(members))
+    np.testing.assert_allclose(lcb.gain_values(members), shrunk - 2.0 * se)
+    assert policy.gain_mean_[0] == 0
 
 
 def test_response_allocation_serves_highest_scores_first_and_skips_what_does_not_fit():
