@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policies.registry import REGISTRY, make_policy
+from sim.card import BUSINESS_TARGETS
 from sim.scenario import ScenarioError, format_validation_error, load_scenario
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -102,10 +103,10 @@ class LogsConfig(_Strict):
 class TargetsConfig(_Strict):
     """Business targets checked per arm."""
 
-    d7_retention: Annotated[float, Field(ge=0, le=1)] = 0.08
-    pay_conv_d30: Annotated[float, Field(ge=0, le=1)] = 0.03
+    d7_retention: Annotated[float, Field(ge=0, le=1)] = BUSINESS_TARGETS["d7_retention"]
+    pay_conv_d30: Annotated[float, Field(ge=0, le=1)] = BUSINESS_TARGETS["pay_conv_d30"]
     cost_per_incremental_d7_vs_best_blanket: Annotated[float, Field(gt=0)] = Field(
-        0.95, description="Arm's cost per incremental D7 user must be <= this x the best blanket arm's."
+        BUSINESS_TARGETS["cost_per_incremental_d7_vs_best_blanket"], description="Arm's cost per incremental D7 user must be <= this x the best blanket arm's."
     )
 
 

@@ -38,10 +38,18 @@ from typing import Any
 import numpy as np
 
 from policies.oracle import OraclePolicy
+from sim.catalogue import Catalogue
 from sim.model import simulate
 from sim.population import generate_cohort
 from sim.scenario import SEGMENTS, Scenario, ScenarioError, available_scenarios, load_scenario
 from sim.twins import static_action_outcomes
+
+# The growth team's business targets (the A/B runner checks each arm against the same defaults):
+# D7 retention, first-payment conversion by D30, and the cost per incremental D7-retained user as
+# a fraction of the best blanket incentive's.
+BUSINESS_TARGETS = {"d7_retention": 0.08, "pay_conv_d30": 0.03, "cost_per_incremental_d7_vs_best_blanket": 0.95}
+# The objective of the card's second oracle: D7 retention and first payment by D30, equally weighted.
+BUSINESS_MIX = {"retained_d7": 1.0, "paid_d30": 1.0}
 
 # metric key in outcomes, label, target field in [targets] (or None)
 CALIBRATION_METRICS = (
@@ -130,27 +138,16 @@ def scenario_card(
             "share_helped_d7": float((eff > 0).mean()),
         })
 
-    # Oracle allocation at the default budget (reads the hidden truth: an upper bound).
+    # Oracle allocations at the default budget (read the hidden truth: upper bounds). One oracle,
+    # fitted once (its expected effects are cached), allocating first on D7 retention, then on the
+    # business mix of D7 retention and first payment.
     oracle = OraclePolicy(replications=oracle_replications).fit(scenario=sc, seed=seed)
-    m = simulate(sc, oracle, cohort=coh, budget=budget_pu * n, seed=seed)
-    o = m.outcomes()
-    inc = float(o["retained_d7"].sum() - d7[:, 0].sum())
-    mix = {name: cnt / n for name, cnt in sorted(m.ledger.grants_by_action.items(), key=lambda kv: -kv[1])}
-    oracle_row = {
-        "budget_per_user": budget_pu,
-        "replications": oracle_replications,
-        "retained_d7": float(o["retained_d7"].mean()),
-        "d7_lift": float(o["retained_d7"].mean() - d7[:, 0].mean()),
-        "paid_d7": float(o["paid_d7"].mean()),
-        "paid_d30": float(o["paid_d30"].mean()),
-        "cost_per_user": float(o["cost"].mean()),
-        "committed_per_user": sum(cnt * cat[cat.index(name)].commit_cost
-                                  for name, cnt in m.ledger.grants_by_action.items()) / n,
-        "cost_per_incremental_d7": _finite_or_none(cost_per_incremental(float(o["cost"].sum()), inc)),
-        "treated_share": float(sum(mix.values())),
-        "refused": int(m.ledger.refused),
-        "actions_mix": mix,
-    }
+    oracle_row = _oracle_row(sc, oracle, coh, d7[:, 0], budget_pu, seed)
+    oracle.objective, oracle.weights = "mix", dict(BUSINESS_MIX)
+    business_row = _oracle_row(sc, oracle, coh, d7[:, 0], budget_pu, seed)
+    blanket_cpi = [a["cost_per_incremental_d7"] for a in actions if a["cost_per_incremental_d7"] is not None]
+    best_blanket_cpi = min(blanket_cpi) if blanket_cpi else None
+    business = business_check(business_row, best_blanket_cpi)
     return {
         "scenario": sc.name,
         "description": sc.meta.description,
@@ -162,7 +159,51 @@ def scenario_card(
         "segments": segments,
         "actions": actions,
         "oracle": oracle_row,
+        "oracle_business": business_row,
+        "business_targets": business,
     }
+
+
+def _oracle_row(sc: Scenario, oracle: OraclePolicy, coh, control_d7: np.ndarray, budget_pu: float,
+                seed: int) -> dict[str, Any]:
+    """Simulate the oracle on the cohort at ``budget_pu`` per user and summarise its allocation."""
+    n = len(coh)
+    cat = Catalogue.from_scenario(sc)
+    m = simulate(sc, oracle, cohort=coh, budget=budget_pu * n, seed=seed)
+    o = m.outcomes()
+    inc = float(o["retained_d7"].sum() - control_d7.sum())
+    mix = {name: cnt / n for name, cnt in sorted(m.ledger.grants_by_action.items(), key=lambda kv: -kv[1])}
+    return {
+        "objective": oracle.objective,
+        "weights": oracle.weights,
+        "budget_per_user": budget_pu,
+        "replications": oracle.replications,
+        "retained_d7": float(o["retained_d7"].mean()),
+        "d7_lift": float(o["retained_d7"].mean() - control_d7.mean()),
+        "paid_d7": float(o["paid_d7"].mean()),
+        "paid_d30": float(o["paid_d30"].mean()),
+        "cost_per_user": float(o["cost"].mean()),
+        "committed_per_user": sum(cnt * cat[cat.index(name)].commit_cost
+                                  for name, cnt in m.ledger.grants_by_action.items()) / n,
+        "cost_per_incremental_d7": _finite_or_none(cost_per_incremental(float(o["cost"].sum()), inc)),
+        "treated_share": float(sum(mix.values())),
+        "refused": int(m.ledger.refused),
+        "actions_mix": mix,
+    }
+
+
+def business_check(row: dict[str, Any], best_blanket_cpi: float | None) -> dict[str, Any]:
+    """The business targets (BUSINESS_TARGETS) checked on one allocation's summary row."""
+    t = BUSINESS_TARGETS
+    cpi = row["cost_per_incremental_d7"]
+    cap = None if best_blanket_cpi is None else t["cost_per_incremental_d7_vs_best_blanket"] * best_blanket_cpi
+    checks = {
+        "d7_retention": row["retained_d7"] >= t["d7_retention"],
+        "pay_conv_d30": row["paid_d30"] >= t["pay_conv_d30"],
+        "cost_per_incremental_d7": cpi is not None and (cap is None or cpi <= cap),
+    }
+    return {"targets": dict(t), "best_blanket_cost_per_incremental_d7": best_blanket_cpi,
+            "cost_per_incremental_d7_cap": cap, "checks": checks, "all_met": all(checks.values())}
 
 
 # ---------------------------------------------------------------------------
@@ -198,17 +239,38 @@ def card_tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
          _yuan(a["cost_per_incremental_d7"], 2), _pct(a["share_hurt_d7"])]
         for a in card["actions"]
     ]
-    o = card["oracle"]
-    mix = ", ".join(f"{k} {_pct(v, 1)}" for k, v in o["actions_mix"].items()) or "none"
+    o, ob = card["oracle"], card["oracle_business"]
+
+    def _mix(r):
+        return ", ".join(f"{k} {_pct(v, 1)}" for k, v in r["actions_mix"].items()) or "none"
+
+    def _obj(r):
+        w = r.get("weights") or {}
+        return r["objective"] if not w else " + ".join(f"{v:g} x {k}" for k, v in w.items())
+
     ora_rows = [
-        ["budget per user (yuan)", f"{o['budget_per_user']:.3f}"],
-        ["D7 retention", f"{_pct(o['retained_d7'])} ({_pp(o['d7_lift'])})"],
-        ["first pay by D7 / D30", f"{_pct(o['paid_d7'])} / {_pct(o['paid_d30'])}"],
-        ["realised cost per user (yuan)", f"{o['cost_per_user']:.4f}"],
-        ["commitments granted per user (yuan)", f"{o['committed_per_user']:.4f}"],
-        ["cost per incremental D7 user (yuan)", _yuan(o["cost_per_incremental_d7"], 2)],
-        ["users treated", _pct(o["treated_share"], 1)],
-        ["actions mix (share of users)", mix],
+        ["objective", _obj(o), _obj(ob)],
+        ["budget per user (yuan)", f"{o['budget_per_user']:.3f}", f"{ob['budget_per_user']:.3f}"],
+        ["D7 retention", *(f"{_pct(r['retained_d7'])} ({_pp(r['d7_lift'])})" for r in (o, ob))],
+        ["first pay by D7 / D30", *(f"{_pct(r['paid_d7'])} / {_pct(r['paid_d30'])}" for r in (o, ob))],
+        ["realised cost per user (yuan)", f"{o['cost_per_user']:.4f}", f"{ob['cost_per_user']:.4f}"],
+        ["commitments granted per user (yuan)", f"{o['committed_per_user']:.4f}", f"{ob['committed_per_user']:.4f}"],
+        ["cost per incremental D7 user (yuan)", _yuan(o["cost_per_incremental_d7"], 2),
+         _yuan(ob["cost_per_incremental_d7"], 2)],
+        ["users treated", _pct(o["treated_share"], 1), _pct(ob["treated_share"], 1)],
+        ["actions mix (share of users)", _mix(o), _mix(ob)],
+    ]
+    bt = card["business_targets"]
+    t, ck = bt["targets"], bt["checks"]
+    cap = bt["cost_per_incremental_d7_cap"]
+    verdict = {True: "met", False: "not met"}
+    biz_rows = [
+        ["D7 retention", f">= {_pct(t['d7_retention'], 0)}", _pct(ob["retained_d7"]), verdict[ck["d7_retention"]]],
+        ["first pay by D30", f">= {_pct(t['pay_conv_d30'], 0)}", _pct(ob["paid_d30"]), verdict[ck["pay_conv_d30"]]],
+        ["cost per incremental D7 user (yuan)",
+         "any" if cap is None else f"<= {cap:.2f} ({t['cost_per_incremental_d7_vs_best_blanket']:g} x best blanket "
+                                   f"{bt['best_blanket_cost_per_incremental_d7']:.2f})",
+         _yuan(ob["cost_per_incremental_d7"], 2), verdict[ck["cost_per_incremental_d7"]]],
     ]
     return [
         ("Calibration: control cohort vs targets", ["metric", "target", "simulated", "s.e.", "verdict"], cal_rows),
@@ -219,7 +281,10 @@ def card_tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
              "cost / incr. D7 user", "hurt (D7)"],
             act_rows,
         ),
-        ("Oracle allocation at the default budget (reads the hidden truth)", ["", "value"], ora_rows),
+        ("Oracle allocations at the default budget (read the hidden truth)", ["", "D7 oracle", "business oracle"],
+         ora_rows),
+        ("Business targets: the business oracle (is the growth team's goal reachable at this budget?)",
+         ["target", "goal", "business oracle", "verdict"], biz_rows),
     ]
 
 

@@ -57,6 +57,23 @@ def test_oracle_reaches_d7_target_at_default_budget(default_card):
     assert o["refused"] == 0
 
 
+def test_business_targets_reachable_by_the_business_oracle_only(default_card):
+    """D7 >= 8%, first payment >= 3% and a cost per incremental D7 user 5% below the best blanket's:
+    met together by the oracle on the D7 + first-payment mix at the default budget, by no blanket."""
+    ob, n = default_card["oracle_business"], default_card["users"]
+    t = default_card["business_targets"]["targets"]
+    for key, target in (("retained_d7", t["d7_retention"]), ("paid_d30", t["pay_conv_d30"])):
+        se = math.sqrt(ob[key] * (1 - ob[key]) / n)
+        assert ob[key] - Z * se >= target, f"business oracle {key} {ob[key]:.4f} (s.e. {se:.4f}) below {target}"
+    assert default_card["business_targets"]["all_met"], default_card["business_targets"]
+    assert ob["committed_per_user"] <= ob["budget_per_user"] + 1e-9 and ob["refused"] == 0
+    control = {r["metric"]: r["simulated"] for r in default_card["calibration"]}
+    for a in default_card["actions"]:  # a blanket action meets D7 or first payment, never both
+        d7 = control["retained_d7"] + a["d7_lift"]
+        pay = control["paid_d30"] + a["first_pay_d30_lift"]
+        assert not (d7 >= t["d7_retention"] and pay >= t["pay_conv_d30"]), a["action"]
+
+
 def test_blanket_costs_more_per_incremental_d7_user_than_oracle(default_card):
     oracle_cpi = default_card["oracle"]["cost_per_incremental_d7"]
     assert oracle_cpi is not None and oracle_cpi > 0
@@ -87,7 +104,7 @@ def test_card_segments_and_outputs(default_card, tmp_path):
     assert json.loads(jp.read_text()) == json.loads(json.dumps(default_card))
     md = mp.read_text()
     assert md == card_markdown(default_card)
-    for needle in ("D7 retention", "Oracle allocation", "cost / incr. D7 user", "subsidy_hunter"):
+    for needle in ("D7 retention", "Oracle allocations", "Business targets", "cost / incr. D7 user", "subsidy_hunter"):
         assert needle in md
 
 
