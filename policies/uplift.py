@@ -62,6 +62,9 @@ MODES = ("budgeted", "cost_blind")
 METRIC_OF_OBJECTIVE = {"d7_retention": "retained_d7", "first_payment": "paid_d30", "net_value": "net_value"}
 BINARY_METRICS = ("retained_d1", "retained_d7", "retained_d14", "retained_d30", "paid_d7", "paid_d30")
 FORMAT_VERSION = 1
+# Surrogate of D7 retention: days active over the logged horizon (see UpliftPolicy.surrogate_weight).
+SURROGATE_METRIC = "active_days"
+DEFAULT_SURROGATE_WEIGHT = 0.05
 
 
 class UpliftConfigError(ValueError):
@@ -155,6 +158,14 @@ class UpliftPolicy(Policy):
         effects are small next to outcome noise).
     cost_penalty : float
         Value units subtracted per yuan of expected realised cost (0 = none).
+    surrogate_weight : float, optional
+        ``d7_retention`` objective only: the value of an action is its predicted effect on D7
+        retention plus this many times its predicted effect on ``active_days`` (days active over the
+        logged horizon), a denser, less noisy signal of the same engagement than the one-day D7
+        indicator (a surrogate that trades a little bias for much less variance).  ``None`` (default)
+        = 0.05 for the X/T/DR learners and 0 for ``uplift_rf`` (binary outcomes only); 0 = D7 alone.
+        0.05 was chosen on two development cohorts (seeds 3003 and 4004, never the benchmark's):
+        64.7% and 65.1% of the oracle's incremental D7 users against 59.7% and 63.7% without.
     n_jobs : int
         Threads per base learner (fixed for reproducibility).
     seed : int, optional
@@ -181,6 +192,7 @@ class UpliftPolicy(Policy):
         subsample: float = 0.8,
         colsample_bytree: float = 0.8,
         cost_penalty: float = 0.0,
+        surrogate_weight: float | None = None,
         n_jobs: int = 1,
         seed: int | None = None,
         eval_replications: int = 4,
@@ -197,6 +209,7 @@ class UpliftPolicy(Policy):
         self.subsample = subsample
         self.colsample_bytree = colsample_bytree
         self.cost_penalty = cost_penalty
+        self.surrogate_weight = surrogate_weight
         self.n_jobs = n_jobs
         self.seed = seed
         self.eval_replications = eval_replications
@@ -230,7 +243,25 @@ class UpliftPolicy(Policy):
             raise UpliftConfigError(f"cost_penalty: expected a finite number >= 0, got {self.cost_penalty!r}")
         if self.seed is not None and (not isinstance(self.seed, (int, np.integer)) or self.seed < 0):
             raise UpliftConfigError(f"seed: expected an integer >= 0 or None, got {self.seed!r}")
+        if self._surrogate() > 0:
+            metrics = [*metrics, SURROGATE_METRIC]
         return metrics
+
+    def _surrogate(self) -> float:
+        """The weight of the ``active_days`` surrogate in the value (0 = not used); validates the setting."""
+        w = self.surrogate_weight
+        if w is None:
+            return DEFAULT_SURROGATE_WEIGHT if (self.objective == "d7_retention" and self.learner != "uplift_rf") else 0.0
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
+            raise UpliftConfigError(f"surrogate_weight: expected a finite number >= 0 or None, got {w!r}")
+        if w > 0 and self.objective != "d7_retention":
+            raise UpliftConfigError(
+                f"surrogate_weight: only the 'd7_retention' objective uses a surrogate (objective is "
+                f"{self.objective!r}); set it to 0 or None"
+            )
+        if w > 0 and self.learner == "uplift_rf":
+            raise UpliftConfigError("surrogate_weight: 'uplift_rf' models binary outcomes only; set it to 0 or None")
+        return float(w)
 
     def _base(self, seed: int):
         if self.base_learner == "lightgbm":
@@ -387,6 +418,9 @@ class UpliftPolicy(Policy):
         """Objective value of each action for each user (``(n, K)``, column 0 = 0), cost penalty included."""
         preds = self.predict_effects(features)
         v = objective_values(preds, self.objective, self.weights)
+        sw = self._surrogate()
+        if sw > 0:
+            v = v + sw * preds[SURROGATE_METRIC]
         if self.cost_penalty:
             v = v - float(self.cost_penalty) * self.expected_cost_[None, :]
         unseen = np.setdiff1d(np.arange(1, self.n_actions_), np.asarray(self.groups_, dtype=np.int64))

@@ -87,6 +87,18 @@ def test_effects_equal_causalml_predict(world, learner):
                                atol=1e-12)
 
 
+def test_value_is_the_d7_effect_plus_the_weighted_surrogate_effect(world):
+    sc, _, logs, cohort = world
+    pol = UpliftPolicy(**SMALL).fit(logs, scenario=sc, seed=5)
+    assert pol.metrics_ == ["retained_d7", "active_days"]
+    eff = pol.predict_effects(cohort.features())
+    np.testing.assert_allclose(pol.values(cohort.features()), eff["retained_d7"] + 0.05 * eff["active_days"])
+    plain = UpliftPolicy(surrogate_weight=0, **SMALL).fit(logs, scenario=sc, seed=5)
+    assert plain.metrics_ == ["retained_d7"]
+    np.testing.assert_allclose(plain.values(cohort.features()), eff["retained_d7"])
+    assert UpliftPolicy(objective="net_value", **SMALL).fit(logs, scenario=sc, seed=5).metrics_ == ["net_value"]
+
+
 def _drop(col):
     return lambda df: df.drop(columns=[col])
 
@@ -96,6 +108,7 @@ BAD_LOGS = [
     (_drop("d0_minutes"), "missing column.*d0_minutes"),
     (_drop("retained_d7"), "missing column.*retained_d7"),
     (_drop("cost"), "missing column.*cost"),
+    (_drop("active_days"), "missing column.*active_days"),  # the default D7 surrogate
     (lambda df: df.assign(action=0), "no treated user"),
     (lambda df: df.assign(action=np.maximum(df["action"], 1)), "no control user"),
     (lambda df: df.iloc[:0], "no rows"),
@@ -124,6 +137,10 @@ BAD_SETTINGS = [
     (dict(learning_rate=2.0), "learning_rate: expected a number in"),
     (dict(cost_penalty=-1.0), "cost_penalty: expected a finite number >= 0"),
     (dict(seed=-3), "seed: expected an integer >= 0"),
+    (dict(surrogate_weight=-0.1), "surrogate_weight: expected a finite number >= 0"),
+    (dict(surrogate_weight=float("nan")), "surrogate_weight: expected a finite number >= 0"),
+    (dict(surrogate_weight=0.05, objective="net_value"), "surrogate_weight: only the 'd7_retention' objective"),
+    (dict(surrogate_weight=0.05, learner="uplift_rf"), "surrogate_weight: 'uplift_rf' models binary"),
 ]
 
 
