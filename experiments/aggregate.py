@@ -483,8 +483,9 @@ def _report(sweep_dir: Path, plan: dict, table: pd.DataFrame, runs: pd.DataFrame
                   f"Every metric, with CIs: [table.md]({outputs['table_md'].name}), "
                   f"[table.csv]({outputs['table_csv'].name}); one row per run: [runs.csv]({outputs['runs_csv'].name}).",
                   ""]
-        lines += ["## Frontier", "", f"![frontier]({outputs['frontier'].name})", "",
-                  "## Ranks", "", f"![ranks]({outputs['ranks'].name})", ""]
+        if "frontier" in outputs:  # plotted when some arm has a finished run
+            lines += ["## Frontier", "", f"![frontier]({outputs['frontier'].name})", "",
+                      "## Ranks", "", f"![ranks]({outputs['ranks'].name})", ""]
     if failed:
         lines += ["## Failed runs", "", "| point | error |", "|---|---|"]
         for rec in failed:
@@ -524,7 +525,7 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Path]:
     _write_bytes(out["runs_csv"], runs.to_csv(index=False, lineterminator="\n").encode())
     _write_bytes(out["table_csv"], table.to_csv(index=False, lineterminator="\n").encode())
     _write_bytes(out["table_md"], to_markdown(table, alpha=alpha).encode())
-    if not table.empty and (table["arm"] != "control").any():
+    if not table.empty and ((table["arm"] != "control") & (table["runs"] > 0)).any():  # some arm has a run
         _plot_frontier(table, out["frontier"])
         _plot_ranks(table, out["ranks"])
     else:

@@ -208,9 +208,20 @@ def run_point(point: dict[str, Any], threads: int | None = None, fit_cache: bool
 
 
 def _worker_init(threads: int) -> None:
-    """Process-pool initializer: one worker's share of the cores for numba/torch/BLAS (set before they load)."""
+    """Process-pool initializer: one worker's share of the cores for numba/torch/BLAS (set before they load).
+
+    A spawned worker may already have imported numba (unpickling the task imports this module and the
+    simulator), with its thread count read from the parent's environment.  numba re-reads the environment
+    whenever it compiles, and refuses a thread count that differs from the one its pool was launched with;
+    so its configuration is reloaded here, before any pool is launched, or every run that compiles a kernel
+    (a cold cache, e.g. a fresh clone) would fail.
+    """
     for k in THREAD_ENV:
         os.environ[k] = str(threads)
+    if "numba" in sys.modules:
+        from numba.core import config
+
+        config.reload_config()
 
 
 # ----------------------------------------------------------------------

@@ -14,6 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -289,6 +291,38 @@ def test_failing_run_is_recorded_and_others_finish(tmp_path):
     assert again.ran == 0 and again.failed == 2
     retry = run_sweep(plan, workers=1, out=tmp_path, progress=False, log=None, retry_failed=True)
     assert retry.ran == 2 and retry.failed == 2
+
+
+def test_a_sweep_whose_runs_all_fail_still_writes_its_report(tmp_path):
+    data = _with(replicates=1, policies=[{"policy": "test_sweep:FailingPolicy", "name": "failing"}], budgets=[0.2])
+    res = run_sweep(sweep_from_dict(data), workers=1, out=tmp_path, progress=False, log=None)
+    assert (res.ok, res.failed) == (0, 1)
+    assert "deliberate failure" in (res.sweep_dir / "report.md").read_text()
+    assert not (res.sweep_dir / "frontier.png").exists()
+
+
+def test_worker_init_lets_a_worker_compile_after_its_thread_pool_started():
+    """A spawned worker imports numba with the parent's thread count; the initializer sets the worker's
+    share.  A kernel compiled after the pool started (a cold cache: a fresh clone) must still work."""
+    code = textwrap.dedent("""
+        import numba
+        from experiments.sweep import _limit_threads, _worker_init
+        _worker_init(1)
+        _limit_threads(1)  # launches numba's thread pool, as run_point does
+        @numba.njit(parallel=True)
+        def f(x):
+            s = 0.0
+            for i in numba.prange(x.shape[0]):
+                s += x[i]
+            return s
+        import numpy as np
+        print(f(np.ones(10)))
+    """)
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "NUMBA_CACHE_DIR": tempfile.mkdtemp()}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "10.0"
 
 
 # ----------------------------------------------------------------------
