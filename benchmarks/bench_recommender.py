@@ -28,7 +28,7 @@ from experiments.collect import DEFAULT_LOG_SEED, collect_logs
 from policies import rec_metrics as RM
 from policies.base import EvalContext
 from policies.recommender import RecommenderPolicy
-from policies.two_tower import _atomic_write_bytes
+from sim.atomic import atomic_path, write_text_atomic
 from sim.population import generate_cohort
 from sim.scenario import load_scenario
 from sim.twins import simulate_twin, static_action_outcomes
@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"Command: `python benchmarks/bench_recommender.py --log-users {args.log_users} "
                     f"--eval-users {args.eval_users} --eval-seed {args.eval_seed} --fit-seed {args.fit_seed}`", "",
                     "## All arms (twins)", "", RM.markdown_table(table, ".4g"), "", rep["markdown"], ""])
-    _atomic_write_bytes(out_dir / "report.md", lambda tmp: Path(tmp).write_text(md))
-    _atomic_write_bytes(out_dir / "metrics.csv",
-                        lambda tmp: pd.Series(rep["metrics"], name="value").rename_axis("metric").to_csv(tmp))
+    write_text_atomic(out_dir / "report.md", md)
+    with atomic_path(out_dir / "metrics.csv") as tmp:
+        pd.Series(rep["metrics"], name="value").rename_axis("metric").to_csv(tmp)
     print(f"wrote {out_dir / 'report.md'}, {out_dir / 'metrics.csv'} and figures {rep['figures']}")
     return 0 if ok else 1
 

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +38,7 @@ from policies.oracle import OraclePolicy, oracle_allocation
 from policies.quality import allocation_from_truth, expected_truth, ltv_quality, uplift_quality
 from policies.solver import allocate
 from policies.uplift import FEATURES, UpliftPolicy
+from sim.atomic import write_text_atomic
 from sim.catalogue import Catalogue
 from sim.population import generate_cohort
 from sim.scenario import load_scenario
@@ -250,11 +250,7 @@ def main(argv=None) -> dict:
 
 def _write(res: dict, out: str | None) -> dict:
     if out:
-        p = Path(out)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(json.dumps(res, indent=1, default=float))
-        os.replace(tmp, p)
+        p = write_text_atomic(out, json.dumps(res, indent=1, default=float))
         print(f"wrote {p}")
     return res
 

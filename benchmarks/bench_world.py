@@ -320,10 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     out["info"]["load_avg_end"] = os.getloadavg()
     print(f"load average at the end: {out['info']['load_avg_end']}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        from sim.atomic import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -35,9 +35,7 @@ import argparse
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ import pandas as pd
 from scipy import stats
 
 from experiments.sweep import PLAN_FILE, read_run, run_path
+from sim.atomic import write_bytes_atomic
 
 UPPER_BOUND = "upper bound (reads hidden truth)"
 # metric -> (markdown header, scale, decimals, signed)
@@ -393,21 +392,7 @@ def _save_fig(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
-    return _write_bytes(path, buf.getvalue())
-
-
-def _write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------
@@ -522,16 +507,16 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Path]:
         "ranks": sweep_dir / "ranks.png",
         "report": sweep_dir / "report.md",
     }
-    _write_bytes(out["runs_csv"], runs.to_csv(index=False, lineterminator="\n").encode())
-    _write_bytes(out["table_csv"], table.to_csv(index=False, lineterminator="\n").encode())
-    _write_bytes(out["table_md"], to_markdown(table, alpha=alpha).encode())
+    write_bytes_atomic(out["runs_csv"], runs.to_csv(index=False, lineterminator="\n").encode())
+    write_bytes_atomic(out["table_csv"], table.to_csv(index=False, lineterminator="\n").encode())
+    write_bytes_atomic(out["table_md"], to_markdown(table, alpha=alpha).encode())
     if not table.empty and ((table["arm"] != "control") & (table["runs"] > 0)).any():  # some arm has a run
         _plot_frontier(table, out["frontier"])
         _plot_ranks(table, out["ranks"])
     else:
         out.pop("frontier")
         out.pop("ranks")
-    _write_bytes(out["report"], _report(sweep_dir, plan, table, runs, ok, failed, pending, out).encode())
+    write_bytes_atomic(out["report"], _report(sweep_dir, plan, table, runs, ok, failed, pending, out).encode())
     return out
 
 

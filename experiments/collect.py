@@ -13,8 +13,6 @@ logs only.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pandas as pd
 
 from policies.baselines import RandomPolicy
 from sim import kernel as K
+from sim.atomic import atomic_path
 from sim.catalogue import Catalogue
 from sim.model import IncentiveModel
 from sim.population import OBSERVABLES, generate_cohort
@@ -83,20 +82,13 @@ def collect_logs(
 def write_atomic(df: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV or Parquet (by suffix) through a temporary file and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"out: expected a .parquet or .csv path, got {str(path)!r}")
+    with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
-        elif path.suffix == ".csv":
-            df.to_csv(tmp, index=False)
         else:
-            raise ValueError(f"out: expected a .parquet or .csv path, got {str(path)!r}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            df.to_csv(tmp, index=False)
     return path
 
 

@@ -44,7 +44,6 @@ import os
 import pickle
 import platform
 import sys
-import tempfile
 import time
 import traceback
 from collections import OrderedDict
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.sweep_config import Plan, Point, SweepConfigError, load_sweep
+from sim.atomic import write_bytes_atomic
 
 RUNS = "runs"
 PLAN_FILE = "sweep.json"
@@ -228,20 +228,8 @@ def _worker_init(threads: int) -> None:
 # files
 def write_json_atomic(path: Path, obj: Any) -> Path:
     """Write JSON through a temporary file in the same folder and an atomic rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n"
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def run_path(sweep_dir: Path, point_id: str) -> Path:

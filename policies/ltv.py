@@ -37,7 +37,8 @@ import pandas as pd
 
 from policies.base import NotFittedError, Observation, Policy
 from policies.solver import OBJECTIVES, allocate
-from policies.uplift import FEATURES, _write_text_atomic, feature_matrix, objective_metrics
+from policies.uplift import FEATURES, feature_matrix, objective_metrics
+from sim.atomic import write_text_atomic
 
 SEGMENTS = ("low", "mid", "high")
 FORMAT_VERSION = 1
@@ -304,8 +305,8 @@ class LTVPolicy(Policy):
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(path / "ltv_model.txt", self.model_.booster_.model_to_string()
-                           if hasattr(self.model_, "booster_") else self.model_.model_to_string())
+        write_text_atomic(path / "ltv_model.txt", self.model_.booster_.model_to_string()
+                          if hasattr(self.model_, "booster_") else self.model_.model_to_string())
         ret = np.where(np.isfinite(self.segment_returns_), self.segment_returns_, np.nan)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -321,7 +322,7 @@ class LTVPolicy(Policy):
             "n_logged": self.n_logged_,
             "action_names": self.action_names_,
         }
-        _write_text_atomic(path / "ltv.json", json.dumps(meta, indent=1, sort_keys=True))
+        write_text_atomic(path / "ltv.json", json.dumps(meta, indent=1, sort_keys=True))
         return path
 
     @classmethod

@@ -33,33 +33,18 @@ revenue without incentive, a decile calibration table and plot.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from sim.atomic import save_figure
+
 METRIC_LABELS = {"retained_d7": "D7 retention", "paid_d30": "first payment by D30", "net_value": "net value"}
 
 
 # ---------------------------------------------------------------------------- helpers
-def _savefig(fig, path: Path) -> Path:
-    """Save a matplotlib figure atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def recommended_actions(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each user's best action (>= 1) by value and its value over none: ``(action, score)``."""
     v = np.asarray(values, dtype=np.float64)
@@ -238,7 +223,7 @@ def plot_gain_curves(curves: pd.DataFrame, path: Path, title: str, ylabel: str) 
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    p = _savefig(fig, path)
+    p = save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return p
 
@@ -305,7 +290,7 @@ def plot_calibration(tab: pd.DataFrame, path: Path, title: str = "LTV calibratio
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    p = _savefig(fig, path)
+    p = save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return p
 

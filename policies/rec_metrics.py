@@ -22,14 +22,14 @@ the control twin's, on the same users with the same luck.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from sim.atomic import save_figure
 
 THRESHOLD_RULES = ("f1", "base_rate")
 
@@ -179,21 +179,6 @@ def _plt():
     return plt
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Save a matplotlib figure through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def calibration_figure(tables: dict[str, pd.DataFrame], path: str | Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 4.2), squeeze=False)
@@ -210,7 +195,7 @@ def calibration_figure(tables: dict[str, pd.DataFrame], path: str | Path) -> Pat
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     try:
-        return save_figure(fig, path)
+        return save_figure(fig, path, dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
 
@@ -233,7 +218,7 @@ def pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, dict[str, float]]]
         ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        return save_figure(fig, path)
+        return save_figure(fig, path, dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
 
@@ -283,7 +268,7 @@ def modes_figure(values: dict[str, dict[str, float]], composition: pd.DataFrame,
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     try:
-        return save_figure(fig, path)
+        return save_figure(fig, path, dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
 

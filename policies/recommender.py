@@ -34,7 +34,8 @@ import pandas as pd
 from policies import rec_metrics as RM
 from policies.base import EvalContext, NotFittedError, Observation, Policy
 from policies.solver import allocate, objective_values
-from policies.two_tower import FEATURES, TwoTowerModel, _atomic_write_bytes
+from policies.two_tower import FEATURES, TwoTowerModel
+from sim.atomic import write_text_atomic
 
 MODES = ("gain", "response")
 OBJECTIVES = ("d7_retention", "first_payment", "mix")
@@ -414,7 +415,7 @@ class RecommenderPolicy(Policy):
             "n_logs_": self.n_logs_,
             "catalogue": self.model_.item_meta_,
         }
-        _atomic_write_bytes(d / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        write_text_atomic(d / "policy.json", json.dumps(meta, indent=2))
         return d
 
     @classmethod

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,6 +45,7 @@ import torch
 from torch import nn
 
 from policies.base import NotFittedError
+from sim.atomic import atomic_path, write_text_atomic
 from sim.catalogue import TYPE_NAMES
 
 CATEGORICAL = ("channel", "device_tier", "city_tier", "age_band", "gender", "genre", "install_hour", "os")
@@ -348,18 +347,6 @@ class TwoTowerNet(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # the estimator
 # ----------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class TwoTowerModel:
     """Response model over (user, incentive) pairs; sklearn-like (``fit`` / ``predict_proba``).
 
@@ -562,8 +549,9 @@ class TwoTowerModel:
             "history": self.history_,
         }
         state = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
-        _atomic_write_bytes(d / "weights.pt", lambda tmp: torch.save(state, tmp))
-        _atomic_write_bytes(d / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        with atomic_path(d / "weights.pt") as tmp:
+            torch.save(state, tmp)
+        write_text_atomic(d / "config.json", json.dumps(meta, indent=2))
         return d
 
     @classmethod

@@ -31,8 +31,6 @@ them back without unpickling anything (no arbitrary code runs).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from copy import deepcopy
 from pathlib import Path
@@ -43,6 +41,7 @@ import pandas as pd
 
 from policies.base import NotFittedError, Observation, Policy
 from policies.solver import OBJECTIVES, allocate, objective_values
+from sim.atomic import write_text_atomic
 
 FEATURES = (
     "channel",
@@ -466,7 +465,7 @@ class UpliftPolicy(Policy):
                             f"base_learner={self.base_learner!r})"
                         )
                     fname = f"{m}__a{g}__{j}.txt"
-                    _write_text_atomic(path / fname, text)
+                    write_text_atomic(path / fname, text)
                     entries.append({"weight": t.weight, "file": fname})
                 models[m][str(g)] = entries
         meta = {
@@ -483,7 +482,7 @@ class UpliftPolicy(Policy):
             "action_names": self.action_names_,
             "models": models,
         }
-        _write_text_atomic(path / "uplift.json", json.dumps(meta, indent=1, sort_keys=True))
+        write_text_atomic(path / "uplift.json", json.dumps(meta, indent=1, sort_keys=True))
         return path
 
     @classmethod
@@ -563,17 +562,6 @@ def cost_blind_allocation(values: np.ndarray, commit_costs: np.ndarray, budget: 
             out[i] = best[i]
             left -= ci
     return out
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def clone_unfitted(policy: UpliftPolicy) -> UpliftPolicy:

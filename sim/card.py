@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from policies.oracle import OraclePolicy
+from sim.atomic import write_text_atomic
 from sim.catalogue import Catalogue
 from sim.model import simulate
 from sim.population import generate_cohort
@@ -312,23 +311,11 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_card(card: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     jp, mp = out_dir / f"{card['scenario']}.json", out_dir / f"{card['scenario']}.md"
-    _write_text_atomic(json.dumps(card, indent=2) + "\n", jp)
-    _write_text_atomic(card_markdown(card), mp)
+    write_text_atomic(jp, json.dumps(card, indent=2) + "\n")
+    write_text_atomic(mp, card_markdown(card))
     return jp, mp
 
 

@@ -51,6 +51,7 @@ from policies.base import NotFittedError, Observation, Policy
 from policies.rl.env import EnvSettings
 from policies.rl.features import FeatureEncoder
 from policies.rl.vec_env import IncentiveVecEnv, rollout_cohort
+from sim.atomic import save_figure, write_bytes_atomic
 from sim.population import generate_cohort
 from sim.scenario import load_scenario
 
@@ -83,19 +84,6 @@ def isolated_global_rng(threads: int = 1):
         torch.set_rng_state(th_state)
         np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
-
-
-def write_atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class RLPolicy(Policy):
@@ -400,7 +388,7 @@ class RLPolicy(Policy):
                 "seed": self.seed_, "training_world_seed": self.world_seed_,
                 "train_seconds": self.train_seconds_, "lam_by_budget": {str(k): v for k, v in
                                                                         self.lam_by_budget_.items()}}
-        write_atomic_bytes(out / "settings.json", json.dumps(meta, indent=2).encode())
+        write_bytes_atomic(out / "settings.json", json.dumps(meta, indent=2).encode())
         paths = {"model": out / "model.zip", "settings": out / "settings.json"}
         paths.update(self.write_curve(out))
         return paths
@@ -416,7 +404,7 @@ class RLPolicy(Policy):
         out.mkdir(parents=True, exist_ok=True)
         cols = ("timesteps", "seconds", "episodes", "reward", "spend", "value", "refused")
         lines = [",".join(cols)] + [",".join(f"{r[c]:.6g}" for c in cols) for r in self.curve_]
-        write_atomic_bytes(out / "rl_curve.csv", ("\n".join(lines) + "\n").encode())
+        write_bytes_atomic(out / "rl_curve.csv", ("\n".join(lines) + "\n").encode())
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
         ts = [r["timesteps"] for r in self.curve_]
         ax[0].plot(ts, [r["reward"] for r in self.curve_], label="reward (value - lambda x cost)")
@@ -429,11 +417,8 @@ class RLPolicy(Policy):
         ax[1].set_ylabel("commitment spend per episode (yuan)")
         fig.suptitle(f"rl ({self.algo}) training curve; lambda drawn from {self.settings_.lam_range}", fontsize=9)
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=out, prefix="rl_curve.", suffix=".png")
-        os.close(fd)
-        fig.savefig(tmp, dpi=110)
+        save_figure(fig, out / "rl_curve.png", dpi=110)
         plt.close(fig)
-        os.replace(tmp, out / "rl_curve.png")
         return {"curve_csv": out / "rl_curve.csv", "curve_png": out / "rl_curve.png"}
 
     @classmethod
