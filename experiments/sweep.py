@@ -139,7 +139,10 @@ def _digest(v: Any) -> str | None:
 
 
 def _copy(obj: Any) -> Any:
-    """A deep copy; through pickle for objects deepcopy refuses (e.g. torch modules with non-leaf tensors)."""
+    """A deep copy; through pickle for objects deepcopy refuses (e.g. torch modules with non-leaf tensors).
+
+    The pickle round trip copies an object this process built a moment ago, in memory: no file and no
+    bytes from elsewhere are ever unpickled (persisted models load through their safe formats)."""
     try:
         return copy.deepcopy(obj)
     except Exception:
