@@ -49,6 +49,41 @@ def run(tmp_path_factory):
     return tmp, run_experiment(small(tmp), progress=False)
 
 
+def test_business_check_on_the_truth_uses_the_twins_levels(run):
+    """true_targets_met applies the business targets to the twins' absolute levels and true costs."""
+    _, res = run
+    s, t = res.summary, res.config.targets
+    ctrl = s[s["arm"] == "control"].iloc[0]
+    # the control twin's levels plus each arm's true lift give the arm's twin levels
+    for r in s[s["arm"] != "control"].itertuples():
+        assert math.isclose(r.true_d7_retention, ctrl.true_d7_retention + r.true_d7_lift, abs_tol=1e-12)
+    best = s[s["policy"] == "blanket"]["true_cost_per_incremental_d7_user"].min()
+    for r in s.itertuples():
+        cpi = r.true_cost_per_incremental_d7_user
+        want = (r.arm != "control" and r.true_d7_retention >= t.d7_retention and r.true_pay_conv_d30 >= t.pay_conv_d30
+                and math.isfinite(cpi) and 0 < cpi <= t.cost_per_incremental_d7_vs_best_blanket * best)
+        assert bool(r.true_targets_met) == want, r.arm
+    assert "all met (truth)" in (res.run_dir / "report.md").read_text()
+
+
+def test_business_check_on_the_truth_table():
+    from experiments.ab_test import _target_check
+
+    cfg = config_from_dict(small(Path("/tmp")))
+    s = pd.DataFrame({
+        "arm": ["control", "blanket_a", "good", "cheap_no_pay", "pricey"],
+        "policy": ["control", "blanket", "x", "x", "x"],
+        "d7_retention": [0.06, 0.07, 0.07, 0.07, 0.07], "pay_conv_d30": [0.02] * 5,
+        "cost_per_incremental_d7_user": [math.nan, 10.0, 5.0, 5.0, 5.0],
+        "true_d7_retention": [0.06, 0.07, 0.085, 0.085, 0.085],
+        "true_pay_conv_d30": [0.02, 0.02, 0.031, 0.029, 0.031],
+        "true_cost_per_incremental_d7_user": [math.nan, 8.0, 7.5, 5.0, 7.7],
+    })
+    out = _target_check(s, cfg)
+    assert list(out["true_targets_met"]) == [False, False, True, False, False]  # 7.7 > 0.95 x 8.0
+    assert not out["targets_met"].any()  # measured D7 7% < 8%
+
+
 def test_outputs_and_required_columns(run):
     tmp, res = run
     d = res.run_dir
