@@ -205,34 +205,32 @@ def _frontier(sc, cohort, seed, budgets, realised: StaticEffects, expected: Stat
     return pd.DataFrame(rows)
 
 
-def _target_check(summary: pd.DataFrame, cfg: ABConfig) -> pd.DataFrame:
+def _business_checks(s: pd.DataFrame, cfg: ABConfig, d7: str, pay: str, cpi: str):
+    """The three business targets on columns ``d7``, ``pay`` and ``cpi`` of the summary: three boolean
+    Series (control fails the cost check) and the best blanket arm's cost per incremental D7 user."""
     t = cfg.targets
-    blanket = summary[(summary["policy"] == "blanket") & np.isfinite(summary["cost_per_incremental_d7_user"])
-                      & (summary["cost_per_incremental_d7_user"] > 0)]
-    best = float(blanket["cost_per_incremental_d7_user"].min()) if len(blanket) else math.nan
-    s = summary.copy()
-    s["target_d7_retention"] = s["d7_retention"] >= t.d7_retention
-    s["target_pay_conv_d30"] = s["pay_conv_d30"] >= t.pay_conv_d30
-    cpi = s["cost_per_incremental_d7_user"]
+    blanket = s[(s["policy"] == "blanket") & np.isfinite(s[cpi]) & (s[cpi] > 0)]
+    best = float(blanket[cpi].min()) if len(blanket) else math.nan
     if math.isnan(best):
-        s["target_cost_efficiency"] = False
+        cost_ok = pd.Series(False, index=s.index)
     else:
-        limit = t.cost_per_incremental_d7_vs_best_blanket * best
-        s["target_cost_efficiency"] = np.isfinite(cpi) & (cpi > 0) & (cpi <= limit)
-    s.loc[s["arm"] == cfg.control, "target_cost_efficiency"] = False
+        cost_ok = np.isfinite(s[cpi]) & (s[cpi] > 0) & (s[cpi] <= t.cost_per_incremental_d7_vs_best_blanket * best)
+    cost_ok = cost_ok & (s["arm"] != cfg.control)
+    return s[d7] >= t.d7_retention, s[pay] >= t.pay_conv_d30, cost_ok, best
+
+
+def _target_check(summary: pd.DataFrame, cfg: ABConfig) -> pd.DataFrame:
+    s = summary.copy()
+    d7_ok, pay_ok, cost_ok, best = _business_checks(s, cfg, "d7_retention", "pay_conv_d30",
+                                                    "cost_per_incremental_d7_user")
+    s["target_d7_retention"], s["target_pay_conv_d30"], s["target_cost_efficiency"] = d7_ok, pay_ok, cost_ok
     s["best_blanket_cost_per_incremental_d7_user"] = best
-    s["targets_met"] = s["target_d7_retention"] & s["target_pay_conv_d30"] & s["target_cost_efficiency"]
+    s["targets_met"] = d7_ok & pay_ok & cost_ok
     if "true_d7_retention" in s:
         # the same check on the truth (twins: the arm's policy on the whole cohort), which no real test sees
-        tb = s[(s["policy"] == "blanket") & np.isfinite(s["true_cost_per_incremental_d7_user"])
-               & (s["true_cost_per_incremental_d7_user"] > 0)]
-        tbest = float(tb["true_cost_per_incremental_d7_user"].min()) if len(tb) else math.nan
-        tcpi = s["true_cost_per_incremental_d7_user"]
-        cost_ok = (np.isfinite(tcpi) & (tcpi > 0) & (tcpi <= t.cost_per_incremental_d7_vs_best_blanket * tbest)
-                   if not math.isnan(tbest) else False)
-        s["true_targets_met"] = ((s["true_d7_retention"] >= t.d7_retention)
-                                 & (s["true_pay_conv_d30"] >= t.pay_conv_d30) & cost_ok)
-        s.loc[s["arm"] == cfg.control, "true_targets_met"] = False
+        d7_ok, pay_ok, cost_ok, _ = _business_checks(s, cfg, "true_d7_retention", "true_pay_conv_d30",
+                                                     "true_cost_per_incremental_d7_user")
+        s["true_targets_met"] = d7_ok & pay_ok & cost_ok
     return s
 
 

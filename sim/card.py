@@ -141,9 +141,9 @@ def scenario_card(
     # fitted once (its expected effects are cached), allocating first on D7 retention, then on the
     # business mix of D7 retention and first payment.
     oracle = OraclePolicy(replications=oracle_replications).fit(scenario=sc, seed=seed)
-    oracle_row = _oracle_row(sc, oracle, coh, d7[:, 0], budget_pu, seed)
+    oracle_row = _oracle_row(sc, cat, oracle, coh, d7[:, 0], budget_pu, seed)
     oracle.objective, oracle.weights = "mix", dict(BUSINESS_MIX)
-    business_row = _oracle_row(sc, oracle, coh, d7[:, 0], budget_pu, seed)
+    business_row = _oracle_row(sc, cat, oracle, coh, d7[:, 0], budget_pu, seed)
     blanket_cpi = [a["cost_per_incremental_d7"] for a in actions if a["cost_per_incremental_d7"] is not None]
     best_blanket_cpi = min(blanket_cpi) if blanket_cpi else None
     business = business_check(business_row, best_blanket_cpi)
@@ -163,11 +163,10 @@ def scenario_card(
     }
 
 
-def _oracle_row(sc: Scenario, oracle: OraclePolicy, coh, control_d7: np.ndarray, budget_pu: float,
-                seed: int) -> dict[str, Any]:
+def _oracle_row(sc: Scenario, cat: Catalogue, oracle: OraclePolicy, coh, control_d7: np.ndarray,
+                budget_pu: float, seed: int) -> dict[str, Any]:
     """Simulate the oracle on the cohort at ``budget_pu`` per user and summarise its allocation."""
     n = len(coh)
-    cat = Catalogue.from_scenario(sc)
     m = simulate(sc, oracle, cohort=coh, budget=budget_pu * n, seed=seed)
     o = m.outcomes()
     inc = float(o["retained_d7"].sum() - control_d7.sum())
